@@ -1,0 +1,66 @@
+"""`precise` command line: the local stack (`precise stack up|down|status|fetch`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from precise.config import ConfigError, load_config
+from precise.stack import LocalStack, StackError, kafka_jars
+
+
+def _stack(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    stack = LocalStack(config.stack, config.kafka)
+    if args.action == "fetch":
+        print(f"Kafka jars ready in {kafka_jars()}")
+        return 0
+    if args.action == "up":
+        print("starting Kafka broker ...", flush=True)
+        info = stack.up(with_ray=not args.no_ray)
+        print(f"Kafka   {info['kafka']['bootstrap']}  topics: {info['topics']}")
+        if not args.no_ray:
+            print(f"Ray     {info['ray']['address']}  dashboard: {info['ray']['dashboard']}")
+            print(f"        auth token: {info['ray']['auth_token_file']}")
+        print(f"Client environment (for `ray job submit`, scripts): source {info['env_file']}")
+        return 0
+    if args.action == "down":
+        stopped = stack.down()
+        for name, was_running in stopped.items():
+            print(f"{name}: {'stopped' if was_running else 'was not running'}")
+        return 0
+    status = stack.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        k, r = status["kafka"], status["ray"]
+        print(f"Kafka  {'UP  ' if k['running'] else 'DOWN'} {k['bootstrap']}  log: {k['log']}")
+        for topic, count in (k.get("topics") or {}).items():
+            print(f"       topic {topic}: {count} records")
+        if "error" in k:
+            print(f"       error: {k['error']}")
+        health = "healthy" if r["dashboard_healthy"] else "not answering"
+        print(f"Ray    {'UP  ' if r['running'] else 'DOWN'} {r['address']}  dashboard {r['dashboard']} ({health})")
+    return 0 if status["kafka"]["running"] else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="precise", description="PRECISE on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    stack = sub.add_parser("stack", help="the embedded local stack: Kafka broker + Ray head")
+    stack.add_argument("action", choices=["up", "down", "status", "fetch"])
+    stack.add_argument("--config", help="YAML config (default: built-in defaults)")
+    stack.add_argument("--no-ray", action="store_true", help="up: start Kafka only")
+    stack.add_argument("--json", action="store_true", help="status: machine-readable")
+    stack.set_defaults(func=_stack)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, StackError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Platform configuration: one YAML file per dataset / experiment, validated on load.
+
+Unknown keys are errors (a typo must not silently fall back to a default). `${VAR}` and
+`${VAR:-default}` in string values are expanded from the environment, so one file serves the
+local stack and a cluster (e.g. `root: ${PRECISE_ROOT:-s3://bucket/precise}`).
+Sections owned by a stage (ingest, model, train, serve) live beside that stage and are added here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from precise.events.schema import DEFAULT_ACTIONS
+from precise.paths import precise_home
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaConfig(Section):
+    """How clients reach Kafka, and the topics of the contracts (DESIGN section 4)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    events_topic: str = "behavior-events"
+    items_topic: str = "item-catalog"
+    dead_letter_topic: str = "behavior-events.dlq"
+    partitions: int = Field(4, ge=1, le=1024)
+    # Passed through to every client (kafka-python names), e.g. security_protocol, sasl_mechanism,
+    # sasl_plain_username, ssl_cafile: how to point the platform at an existing secured cluster.
+    client_options: dict[str, Any] = Field(default_factory=dict)
+    allowed_actions: list[str] = Field(default_factory=lambda: list(DEFAULT_ACTIONS))
+
+
+class LocalKafkaConfig(Section):
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+
+
+class LocalRayConfig(Section):
+    gcs_port: int = 6379
+    dashboard_port: int = 8265
+    client_port: int = 10001
+    agent_port: int = 52365
+    metrics_port: int = 8090
+    num_cpus: int = Field(2, ge=1)
+
+
+class StackConfig(Section):
+    """The embedded local stack (`precise stack up`): one Kafka broker and one Ray head."""
+
+    state_dir: str | None = None  # default: <PRECISE_HOME>/stack
+    kafka: LocalKafkaConfig = Field(default_factory=LocalKafkaConfig)
+    ray: LocalRayConfig = Field(default_factory=LocalRayConfig)
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir).expanduser() if self.state_dir else precise_home() / "stack"
+
+
+class ReplayConfig(Section):
+    """What `jobs/replay.py` streams into Kafka."""
+
+    dataset: str = "ml-100k"  # ml-100k | ml-1m | synthetic
+    speed: float | None = Field(None, gt=0)  # event-time seconds per wall second; None = max
+    synthetic: dict[str, Any] = Field(default_factory=dict)  # SyntheticConfig fields
+
+
+class StorageConfig(Section):
+    """Root of the lake, registry and snapshots: a local path or a pyarrow/fsspec URI."""
+
+    root: str | None = None  # default: PRECISE_HOME
+
+    def resolved_root(self) -> str:
+        return self.root or str(precise_home())
+
+
+class PreciseConfig(Section):
+    name: str = "default"
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        def sub(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set (referenced as ${{{name}}})")
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path | None = None, model: type[BaseModel] = PreciseConfig) -> Any:
+    """Read and validate a YAML config (defaults only when `path` is None)."""
+    if path is None:
+        return model()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    try:
+        return model.model_validate(_expand(raw))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None

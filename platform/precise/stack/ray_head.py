@@ -1,0 +1,146 @@
+"""A local Ray head (`ray start --head --block`) with the dashboard and token authentication.
+
+`--block` keeps every Ray process a child of the one we spawn, in its own process group, so
+stopping it stops exactly this cluster. The auth token lives in the state folder; every client
+(ray.init, `ray job submit`, the dashboard's HTTP API) needs `RAY_AUTH_MODE=token` and
+`RAY_AUTH_TOKEN_PATH` pointing at it, which `client_env()` provides.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from precise.stack.process import (
+    StackError,
+    log_tail,
+    port_in_use,
+    recorded_process,
+    spawn,
+    stop_recorded,
+    wait_until,
+)
+
+
+@dataclass
+class RayHead:
+    """One Ray head node on loopback; its token, temp dir and pid under `state_dir`.
+
+    Explicit ports stay outside Ray's default worker-port range (10002-19999) and apart from a
+    second instance's, so a test cluster can run beside the local stack.
+    """
+
+    state_dir: Path
+    gcs_port: int = 6379
+    dashboard_port: int = 8265
+    client_port: int = 10001
+    agent_port: int = 52365
+    metrics_port: int = 8090
+    num_cpus: int = 2
+    host: str = "127.0.0.1"
+    temp_dir: Path | None = None  # Ray's session dir; keep short (unix socket path limit)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.host}:{self.dashboard_port}"
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "auth_token"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "ray.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "ray-start.log"
+
+    def running(self) -> bool:
+        return recorded_process(self.pid_path) is not None
+
+    def ensure_token(self) -> str:
+        """The cluster's bearer token, generated (mode 600) on first use."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.token_path.is_file() or not self.token_path.read_text().strip():
+            tmp = self.token_path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            os.replace(tmp, self.token_path)
+        return self.token_path.read_text().strip()
+
+    def client_env(self) -> dict[str, str]:
+        """Environment variables a client needs to reach this cluster."""
+        return {
+            "RAY_ADDRESS": self.address,
+            "RAY_API_SERVER_ADDRESS": self.dashboard_url,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+        }
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the head (idempotent) and wait until the dashboard answers with the token."""
+        if self.running():
+            return
+        ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+        if ray is None:
+            raise StackError("the `ray` command is not installed; run scripts/setup")
+        ports = {"gcs": self.gcs_port, "dashboard": self.dashboard_port, "client": self.client_port,
+                 "dashboard agent": self.agent_port, "metrics": self.metrics_port}
+        for name, port in ports.items():
+            if port_in_use(self.host, port):
+                raise StackError(
+                    f"Ray {name} port {self.host}:{port} is already in use (another Ray? `ray status`); "
+                    f"stop it or set other ports in the stack config"
+                )
+        self.ensure_token()
+        temp_dir = self.temp_dir or Path("/tmp") / f"precise-ray-{self.gcs_port}"
+        cmd = [ray, "start", "--head", "--block", f"--node-ip-address={self.host}",
+               f"--port={self.gcs_port}", "--include-dashboard=true",
+               f"--dashboard-host={self.host}", f"--dashboard-port={self.dashboard_port}",
+               f"--ray-client-server-port={self.client_port}",
+               f"--dashboard-agent-listen-port={self.agent_port}",
+               f"--metrics-export-port={self.metrics_port}",
+               f"--num-cpus={self.num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+        env = {**os.environ, **self.client_env()}
+        env.pop("RAY_ADDRESS")  # the head must not try to join a cluster
+        # Job entrypoints say `python ...`: make that the interpreter this platform is installed in.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        log_offset = self.log_path.stat().st_size if self.log_path.is_file() else 0
+        spawn(cmd, self.log_path, self.pid_path, env=env)
+        try:
+            wait_until(self.dashboard_ready, timeout, f"Ray head on {self.address}", alive=self.running)
+        except StackError as exc:
+            self.stop()
+            with open(self.log_path, "rb") as log:
+                log.seek(log_offset)
+                tail = "\n".join(log.read().decode(errors="replace").splitlines()[-25:])
+            raise StackError(f"{exc}\n--- ray start log tail ({self.log_path}) ---\n{tail}") from None
+
+    def dashboard_ready(self) -> bool:
+        request = urllib.request.Request(
+            f"{self.dashboard_url}/api/version",
+            headers={"Authorization": f"Bearer {self.ensure_token()}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout: float = 45.0) -> bool:
+        """Stop the head this object started, with every Ray process under it."""
+        return stop_recorded(self.pid_path, timeout)
+
+    def log_tail(self) -> str:
+        return log_tail(self.log_path)

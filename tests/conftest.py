@@ -1,0 +1,61 @@
+"""Shared fixtures: a real Kafka broker and a real local Ray head, started and stopped by the suite.
+
+Both run on free ports with state in a temporary folder, so the suite never touches the local
+stack a developer may have running. Each test gets its own topic names.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from precise.config import KafkaConfig
+from precise.stack import KafkaBroker, RayHead
+from precise.stack.process import free_port
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port(),
+                         heap="384m")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def kafka_config(kafka_broker: KafkaBroker) -> KafkaConfig:
+    """Kafka settings with topic names unique to this test."""
+    tag = uuid.uuid4().hex[:8]
+    return KafkaConfig(bootstrap_servers=kafka_broker.bootstrap, events_topic=f"events-{tag}",
+                       items_topic=f"items-{tag}", dead_letter_topic=f"events-{tag}.dlq", partitions=3)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory):
+    """A token-authenticated Ray head; the test process's env points ray.init at it."""
+    state: Path = tmp_path_factory.mktemp("ray")
+    gcs = free_port()
+    head = RayHead(state, gcs_port=gcs, dashboard_port=free_port(), client_port=free_port(),
+                   agent_port=free_port(), metrics_port=free_port(), num_cpus=2,
+                   temp_dir=Path(f"/tmp/pr-test-{gcs}"))
+    head.start()
+    saved = {k: os.environ.get(k) for k in head.client_env()}
+    os.environ.update(head.client_env())
+    yield head
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    head.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
