@@ -1,0 +1,135 @@
+"""The model registry (DESIGN section 4): versioned model directories with lineage.
+
+    <root>/models/universal/<version>/            model.safetensors + metadata.json
+    <root>/models/targeted/<task>/<version>/
+    <root>/models/.../LATEST                       the newest registered version's name
+
+Weights are safetensors, never pickle, so loading a registered model cannot run code. A version
+is published by writing it to a temporary folder and renaming it into place, and LATEST is
+replaced atomically after that: a reader sees a whole version or none. Versions are zero-padded
+sequence numbers; two concurrent writers cannot take the same one (mkdir is exclusive).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+KINDS = ("universal", "targeted")
+_WEIGHTS = "model.safetensors"
+_META = "metadata.json"
+
+
+class RegistryError(LookupError):
+    """A version or pointer that does not exist or cannot be read."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    kind: str
+    task: str | None
+    version: str
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        """A printable reference such as `targeted/like/000003`."""
+        return "/".join(p for p in (self.kind, self.task, self.version) if p)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class ModelRegistry:
+    def __init__(self, root: str | Path) -> None:
+        root = str(root)
+        if "://" in root and not root.startswith("file://"):
+            # Object stores need a different atomic-publish protocol (conditional writes); the
+            # local stack and shared filesystems (NFS, EFS, a KubeRay PVC) are supported today.
+            raise RegistryError(f"registry root {root!r}: only local or mounted filesystems are supported")
+        self.root = Path(root.removeprefix("file://")) / "models"
+
+    def _dir(self, kind: str, task: str | None) -> Path:
+        if kind not in KINDS:
+            raise RegistryError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+        if kind == "targeted" and not task:
+            raise RegistryError("a targeted model needs a task name (e.g. 'like' or 'family')")
+        return self.root / kind / task if kind == "targeted" else self.root / kind
+
+    def versions(self, kind: str, task: str | None = None) -> list[str]:
+        folder = self._dir(kind, task)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def register(self, kind: str, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any],
+                 task: str | None = None) -> ModelVersion:
+        """Publish a new version of `kind` (and `task`) and point LATEST at it."""
+        folder = self._dir(kind, task)
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+        try:
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+            save_file(tensors, str(staging / _WEIGHTS))
+            existing = self.versions(kind, task)
+            number = int(existing[-1]) + 1 if existing else 1
+            while True:
+                version = f"{number:06d}"
+                meta = {**metadata, "kind": kind, "task": task, "version": version,
+                        "registered_at": time.time()}
+                (staging / _META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+                try:
+                    os.rename(staging, folder / version)  # fails if a concurrent writer took it
+                    break
+                except OSError:
+                    number += 1
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._advance_latest(folder, version)
+        return ModelVersion(kind, task, version, folder / version, meta)
+
+    @staticmethod
+    def _advance_latest(folder: Path, version: str) -> None:
+        # Under a lock, and only forwards: a slow writer of an older version must not move
+        # LATEST back past a newer one published meanwhile.
+        with open(folder / ".latest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            pointer = folder / "LATEST"
+            current = pointer.read_text().strip() if pointer.is_file() else ""
+            if version > current:
+                _atomic_write(pointer, version)
+
+    def get(self, kind: str, version: str, task: str | None = None) -> ModelVersion:
+        path = self._dir(kind, task) / version
+        meta_path = path / _META
+        if not meta_path.is_file():
+            raise RegistryError(f"no model {kind}/{task + '/' if task else ''}{version} in {self.root}")
+        return ModelVersion(kind, task, version, path, json.loads(meta_path.read_text()))
+
+    def latest(self, kind: str, task: str | None = None) -> ModelVersion | None:
+        pointer = self._dir(kind, task) / "LATEST"
+        if not pointer.is_file():
+            return None
+        return self.get(kind, pointer.read_text().strip(), task)
+
+    def load_state_dict(self, model: ModelVersion) -> dict[str, torch.Tensor]:
+        """The version's weights (safetensors: no code runs on load)."""
+        return load_file(str(model.path / _WEIGHTS))
