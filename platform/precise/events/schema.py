@@ -70,7 +70,7 @@ class BehaviorEvent(BaseModel):
         return _check_ts(value)
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(self.model_dump(exclude_none=True), separators=(",", ":")).encode()
+        return self.model_dump_json(exclude_none=True).encode()
 
 
 class Item(BaseModel):
@@ -94,7 +94,7 @@ class Item(BaseModel):
         return _check_ts(value)
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(self.model_dump(exclude_none=True), separators=(",", ":")).encode()
+        return self.model_dump_json(exclude_none=True).encode()
 
 
 def _reason(error: ValidationError) -> str:
