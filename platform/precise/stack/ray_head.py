@@ -27,6 +27,8 @@ from precise.stack.process import (
     wait_until,
 )
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 @dataclass
 class RayHead:
@@ -86,6 +88,10 @@ class RayHead:
             "RAY_API_SERVER_ADDRESS": self.dashboard_url,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+            # Ray rewrites a loopback --node-ip-address to the machine's routable address unless
+            # it runs in single-node mode (its macOS default): keep every Ray service on loopback.
+            # This local head is single-node by design; a real cluster runs on KubeRay.
+            LOOPBACK_ENV: "0",
         }
 
     def start(self, timeout: float = 120.0) -> None:
