@@ -1,7 +1,8 @@
 """Shared fixtures: a real Kafka broker and a real local Ray head, started and stopped by the suite.
 
 Both run on free ports with state in a temporary folder, so the suite never touches the local
-stack a developer may have running. Each test gets its own topic names.
+stack a developer may have running. Each test gets its own topic names. The machine has 2 shared
+cores: torch is kept to them explicitly.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from precise.config import KafkaConfig
 from precise.stack import KafkaBroker, RayHead
@@ -18,6 +21,7 @@ from precise.stack.process import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +63,24 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def random_token_table(
+    num_items: int, m: int = 6, dim: int = 8, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stand-in for precise.text output already projected: [n + 1, m, dim] states and a mask
+    with 1..m valid tokens per item (row 0 = padding: one zero token)."""
+    rng = np.random.default_rng(seed)
+    states = rng.standard_normal((num_items + 1, m, dim)).astype(np.float32)
+    lengths = rng.integers(1, m + 1, num_items + 1)
+    mask = np.arange(m)[None, :] < lengths[:, None]
+    states[~mask] = 0.0
+    states[0] = 0.0
+    mask[0] = False
+    mask[0, 0] = True
+    return states, mask
+
+
+@pytest.fixture
+def token_table_small() -> tuple[np.ndarray, np.ndarray]:
+    return random_token_table(30)

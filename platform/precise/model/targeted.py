@@ -1,0 +1,87 @@
+"""Targeted training model (paper section IV-D): the universal model's blocks without the causal
+mask, user embedding = MLP(concat of all positions' outputs), BPR loss ranking the true user above
+the other users of the batch for the next item (eq. 6). Warm-started from a universal checkpoint:
+every parameter the two share (item encoder incl. token table and MoE, positional embedding,
+blocks) is copied; only the MLP head starts fresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from precise.model.config import PAD, ModelConfig
+from precise.model.fusion import ItemEncoder, l2_normalize
+from precise.model.losses import bpr_user_loss
+from precise.model.transformer import SequenceEncoder
+
+
+class TargetedModel(nn.Module):
+    causal = False
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        token_states: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.items = ItemEncoder(config, token_states, token_mask)
+        self.encoder = SequenceEncoder(config, causal=False)
+        width, hidden = config.width, config.head_hidden or 2 * config.width
+        self.head = nn.Sequential(
+            nn.Linear(config.max_len * width, hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(hidden, width),
+        )
+
+    def encode(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.items(input_ids) if table is None else table[input_ids]
+        return self.encoder(emb, input_ids != PAD)
+
+    def user_embeddings(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised MLP(concat(h_1..h_N)) [B, W]; inputs are left-padded to max_len so each
+        slot of the concatenation always holds the same recency."""
+        max_len = self.config.max_len
+        if input_ids.shape[1] < max_len:
+            input_ids = nn.functional.pad(input_ids, (max_len - input_ids.shape[1], 0), value=PAD)
+        elif input_ids.shape[1] > max_len:
+            input_ids = input_ids[:, -max_len:]
+        h = self.encode(input_ids, table)
+        return l2_normalize(self.head(h.flatten(1)))
+
+    def item_embeddings(self) -> torch.Tensor:
+        return l2_normalize(self.items())
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        users = self.user_embeddings(batch["input_ids"])  # [B, W]
+        items = l2_normalize(self.items(batch["target_ids"]))  # [B, W]
+        return bpr_user_loss(users @ items.T / self.config.temperature, batch["target_ids"])
+
+    def warm_start(self, universal_state: Mapping[str, torch.Tensor]) -> list[str]:
+        """Copy every shared parameter/buffer from a universal model's state dict.
+
+        Shapes must agree except the positional table, whose first `max_len` rows (the most recent
+        positions) are taken when the universal window is longer. Returns the copied names; a
+        shared name with an incompatible shape is an error, never silently skipped.
+        """
+        own = self.state_dict()
+        copied = []
+        with torch.no_grad():
+            for name, value in universal_state.items():
+                if name not in own:
+                    continue
+                target = own[name]
+                if name == "encoder.pos_emb.weight" and value.shape[0] >= target.shape[0]:
+                    value = value[: target.shape[0]]
+                if value.shape != target.shape:
+                    raise ValueError(
+                        f"cannot warm-start {name}: {tuple(value.shape)} vs {tuple(target.shape)}"
+                    )
+                target.copy_(value)
+                copied.append(name)
+        return copied

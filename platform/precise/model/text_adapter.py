@@ -1,0 +1,130 @@
+"""From LLM token states to the model's trainable token table (the `x_i` of paper eq. 2).
+
+`precise.text.item_token_embeddings(...)` returns, per item, the hidden states of its first `m`
+text tokens: float16 `states [n, m, d_llm]` and `mask [n, m]`. The paper keeps these token
+embeddings *trainable*. Storing them trainable at d_llm is heavy (ML-1M: 3706 x 32 x 576 = 68M
+floats, and the MoE would then project 118k token vectors every step), so we project them once,
+at build time, to `token_dim` with PCA, and train that `[n + 1, m, token_dim]` table instead:
+
+* PCA (not a random projection) keeps as much of the LLM geometry as `token_dim` dimensions can;
+* each token state is L2-normalised first, because decoder LLMs put a few huge-norm "attention
+  sink" tokens (the first one, usually) that would otherwise own the top components;
+* the projected table is scaled to unit RMS so the experts' initialisation does not depend on d_llm.
+
+The per-step cost of the fusion tower is then independent of the LLM width.
+
+`hashed_token_embeddings` is a development stand-in with the same shapes: each whitespace word of
+the item text gets a fixed pseudo-random vector (seeded by its hash). It carries real signal (shared
+genre words, years, title words) but no language understanding; results obtained with it are
+labelled `text_model: hashed` and are not PRECISE results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class TokenStates(Protocol):
+    """What `precise.text.TokenEmbeddings` provides (the fields we use)."""
+
+    item_ids: list[str]
+    states: np.ndarray  # float16 [n, m, d]
+    mask: np.ndarray  # bool [n, m]
+    model: str
+    dim: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class StandInTokenEmbeddings:
+    """Same fields as `precise.text.TokenEmbeddings`; produced by `hashed_token_embeddings`."""
+
+    item_ids: list[str]
+    states: np.ndarray
+    mask: np.ndarray
+    model: str
+    dim: int
+    max_tokens: int
+
+
+def hashed_token_embeddings(
+    item_texts: Mapping[str, str], max_tokens: int = 32, dim: int = 64
+) -> StandInTokenEmbeddings:
+    """Deterministic stand-in for LLM token states: one pseudo-random vector per distinct word."""
+    item_ids = list(item_texts)
+    states = np.zeros((len(item_ids), max_tokens, dim), dtype=np.float16)
+    mask = np.zeros((len(item_ids), max_tokens), dtype=bool)
+    cache: dict[str, np.ndarray] = {}
+    for row, item in enumerate(item_ids):
+        words = item_texts[item].lower().replace(",", " ").replace(".", " ").split()[:max_tokens]
+        for col, word in enumerate(words):
+            if word not in cache:
+                seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+                cache[word] = np.random.default_rng(seed).standard_normal(dim).astype(np.float16)
+            states[row, col] = cache[word]
+            mask[row, col] = True
+    return StandInTokenEmbeddings(item_ids, states, mask, "hashed", dim, max_tokens)
+
+
+def load_token_states(
+    item_texts: Mapping[str, str], model: str, max_tokens: int, **kwargs: object
+) -> TokenStates:
+    """Token states from `precise.text` (or the hashed stand-in when `model == "hashed"`)."""
+    if model == "hashed":
+        return hashed_token_embeddings(item_texts, max_tokens=max_tokens)
+    try:
+        from precise.text import item_token_embeddings  # noqa: PLC0415 (optional stage)
+    except ImportError as err:
+        raise RuntimeError(
+            f"text model {model!r} needs precise.text.item_token_embeddings, which is not available "
+            f"({err}); use text model 'hashed' for the development stand-in"
+        ) from err
+    return item_token_embeddings(item_texts, model=model, max_tokens=max_tokens, **kwargs)
+
+
+def token_table(
+    tokens: TokenStates, item_ids: Sequence[str], token_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Project token states to `token_dim` (PCA) and lay them out by item index.
+
+    Returns `table float32 [n + 1, m, token_dim]` and `mask bool [n + 1, m]` where row i is the item
+    `item_ids[i - 1]`. Row 0 (padding) and items without text get one valid all-zero token, so
+    attention pooling over them is defined and yields zero.
+    """
+    states = np.asarray(tokens.states, dtype=np.float32)
+    mask = np.asarray(tokens.mask, dtype=bool)
+    n, m, d = states.shape
+    if mask.shape != (n, m) or len(tokens.item_ids) != n:
+        raise ValueError(
+            f"token states {states.shape}, mask {mask.shape}, {len(tokens.item_ids)} ids disagree"
+        )
+    valid = states[mask]
+    valid /= np.maximum(np.linalg.norm(valid, axis=1, keepdims=True), 1e-6)
+    mean = valid.mean(axis=0)
+    centred = valid - mean
+    if token_dim < d and len(centred) > 1:
+        # Top principal directions of the token cloud (eigh of the d x d covariance: cheap).
+        _, vectors = np.linalg.eigh(centred.T @ centred / len(centred))
+        projected = centred @ vectors[:, ::-1][:, :token_dim]
+    else:
+        projected = np.zeros((len(centred), token_dim), dtype=np.float32)
+        projected[:, : min(d, token_dim)] = centred[:, :token_dim]
+    projected /= max(float(np.sqrt((projected**2).mean())), 1e-6)
+
+    per_item = np.zeros((n, m, token_dim), dtype=np.float32)
+    per_item[mask] = projected
+    row_of = {item: row for row, item in enumerate(tokens.item_ids)}
+    table = np.zeros((len(item_ids) + 1, m, token_dim), dtype=np.float32)
+    table_mask = np.zeros((len(item_ids) + 1, m), dtype=bool)
+    for index, item in enumerate(item_ids, start=1):
+        row = row_of.get(item)
+        if row is not None and mask[row].any():
+            table[index] = per_item[row]
+            table_mask[index] = mask[row]
+    table_mask[~table_mask.any(axis=1), 0] = True
+    return table, table_mask
