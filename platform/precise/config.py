@@ -81,12 +81,39 @@ class StorageConfig(Section):
         return self.root or str(precise_home())
 
 
+class TextModelConfig(Section):
+    """The LLM whose token states initialise the item token table (precise.text)."""
+
+    model: str = "minilm"  # smollm2 (the default LLM of the paper setup) | minilm (fast) | hashed (tests)
+    max_tokens: int = Field(32, ge=1)  # m: tokens per item
+
+
+class TrainingConfig(Section):
+    """Universal and targeted training jobs (`jobs/universal.py`, `jobs/targeted.py`).
+
+    `model`, `universal` and `targeted` hold the fields of `precise.model.ModelConfig` (without
+    `num_items`, which comes from the data) and of `precise.train.loop.TrainConfig`; the jobs
+    reject unknown keys there before any work starts.
+    """
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    universal: dict[str, Any] = Field(default_factory=dict)
+    targeted: dict[str, Any] = Field(default_factory=dict)
+    target: str = "like"  # the sequence family (sequences.targets[].name) of the targeted task
+    text: TextModelConfig = Field(default_factory=TextModelConfig)
+    num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP over gloo on CPU)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int = Field(1, ge=1)  # torch threads in each worker
+    max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint
+
+
 class PreciseConfig(Section):
     name: str = "default"
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
 class ConfigError(ValueError):

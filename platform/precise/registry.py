@@ -80,14 +80,21 @@ class ModelRegistry:
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
     def register(self, kind: str, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any],
-                 task: str | None = None) -> ModelVersion:
-        """Publish a new version of `kind` (and `task`) and point LATEST at it."""
+                 task: str | None = None, files: dict[str, bytes] | None = None) -> ModelVersion:
+        """Publish a new version of `kind` (and `task`) and point LATEST at it.
+
+        `files` are stored beside the weights (e.g. the item vocabulary), published atomically with them.
+        """
         folder = self._dir(kind, task)
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
         try:
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
             save_file(tensors, str(staging / _WEIGHTS))
+            for name, content in (files or {}).items():
+                if "/" in name or name in (_WEIGHTS, _META, "LATEST"):
+                    raise RegistryError(f"invalid extra file name {name!r}")
+                (staging / name).write_bytes(content)
             existing = self.versions(kind, task)
             number = int(existing[-1]) + 1 if existing else 1
             while True:
@@ -129,6 +136,12 @@ class ModelRegistry:
         if not pointer.is_file():
             return None
         return self.get(kind, pointer.read_text().strip(), task)
+
+    def read_file(self, model: ModelVersion, name: str) -> bytes:
+        path = model.path / name
+        if not path.is_file():
+            raise RegistryError(f"{model.ref} has no file {name!r}")
+        return path.read_bytes()
 
     def load_state_dict(self, model: ModelVersion) -> dict[str, torch.Tensor]:
         """The version's weights (safetensors: no code runs on load)."""

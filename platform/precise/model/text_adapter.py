@@ -87,37 +87,74 @@ def load_token_states(
     return item_token_embeddings(item_texts, model=model, max_tokens=max_tokens, **kwargs)
 
 
-def token_table(
-    tokens: TokenStates, item_ids: Sequence[str], token_dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Project token states to `token_dim` (PCA) and lay them out by item index.
+@dataclass(frozen=True)
+class TokenProjection:
+    """The fixed map from LLM token states to the token table's width (PCA, then unit RMS).
 
-    Returns `table float32 [n + 1, m, token_dim]` and `mask bool [n + 1, m]` where row i is the item
-    `item_ids[i - 1]`. Row 0 (padding) and items without text get one valid all-zero token, so
-    attention pooling over them is defined and yields zero.
-    """
+    Kept with a model version so items that arrive later are projected into the same space as the
+    rows the model already trained (incremental training never refits it)."""
+
+    mean: np.ndarray  # [d_llm]
+    components: np.ndarray  # [d_llm, token_dim]
+    scale: float
+
+    def apply(self, states: np.ndarray) -> np.ndarray:
+        """Project L2-normalised token vectors [..., d_llm] -> [..., token_dim]."""
+        unit = states / np.maximum(np.linalg.norm(states, axis=-1, keepdims=True), 1e-6)
+        return ((unit - self.mean) @ self.components / self.scale).astype(np.float32)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "components": self.components, "scale": np.array([self.scale])}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> TokenProjection:
+        return cls(np.asarray(arrays["mean"]), np.asarray(arrays["components"]), float(arrays["scale"][0]))
+
+
+def fit_token_projection(tokens: TokenStates, token_dim: int) -> TokenProjection:
+    """PCA of the (L2-normalised) valid token vectors, scaled so the projection has unit RMS."""
     states = np.asarray(tokens.states, dtype=np.float32)
-    mask = np.asarray(tokens.mask, dtype=bool)
-    n, m, d = states.shape
-    if mask.shape != (n, m) or len(tokens.item_ids) != n:
-        raise ValueError(
-            f"token states {states.shape}, mask {mask.shape}, {len(tokens.item_ids)} ids disagree"
-        )
-    valid = states[mask]
+    valid = states[np.asarray(tokens.mask, dtype=bool)]
     valid /= np.maximum(np.linalg.norm(valid, axis=1, keepdims=True), 1e-6)
+    d = valid.shape[1]
     mean = valid.mean(axis=0)
     centred = valid - mean
     if token_dim < d and len(centred) > 1:
         # Top principal directions of the token cloud (eigh of the d x d covariance: cheap).
         _, vectors = np.linalg.eigh(centred.T @ centred / len(centred))
-        projected = centred @ vectors[:, ::-1][:, :token_dim]
+        components = np.ascontiguousarray(vectors[:, ::-1][:, :token_dim])
     else:
-        projected = np.zeros((len(centred), token_dim), dtype=np.float32)
-        projected[:, : min(d, token_dim)] = centred[:, :token_dim]
-    projected /= max(float(np.sqrt((projected**2).mean())), 1e-6)
+        components = np.eye(d, token_dim, dtype=np.float32)
+    projected = centred @ components
+    scale = max(float(np.sqrt((projected**2).mean())), 1e-6)
+    return TokenProjection(mean.astype(np.float32), components.astype(np.float32), scale)
 
+
+def token_table(
+    tokens: TokenStates,
+    item_ids: Sequence[str],
+    token_dim: int,
+    projection: TokenProjection | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Project token states to `token_dim` and lay them out by item index.
+
+    Returns `table float32 [n + 1, m, token_dim]` and `mask bool [n + 1, m]` where row i is the item
+    `item_ids[i - 1]`. Row 0 (padding) and items without text get one valid all-zero token, so
+    attention pooling over them is defined and yields zero. `projection` defaults to a PCA fitted
+    on these tokens (`fit_token_projection`); pass a model version's own to extend its table.
+    """
+    states = np.asarray(tokens.states, dtype=np.float32)
+    mask = np.asarray(tokens.mask, dtype=bool)
+    n, m, _ = states.shape
+    if mask.shape != (n, m) or len(tokens.item_ids) != n:
+        raise ValueError(
+            f"token states {states.shape}, mask {mask.shape}, {len(tokens.item_ids)} ids disagree"
+        )
+    projection = projection or fit_token_projection(tokens, token_dim)
+    if projection.components.shape[1] != token_dim:
+        raise ValueError(f"projection width {projection.components.shape[1]} != token_dim {token_dim}")
     per_item = np.zeros((n, m, token_dim), dtype=np.float32)
-    per_item[mask] = projected
+    per_item[mask] = projection.apply(states[mask])
     row_of = {item: row for row, item in enumerate(tokens.item_ids)}
     table = np.zeros((len(item_ids) + 1, m, token_dim), dtype=np.float32)
     table_mask = np.zeros((len(item_ids) + 1, m), dtype=bool)
