@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from precise.events.schema import DEFAULT_ACTIONS
 from precise.paths import precise_home
@@ -105,6 +105,56 @@ class TrainingConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     threads_per_worker: int = Field(1, ge=1)  # torch threads in each worker
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint
+class IngestConfig(Section):
+    """The ingest job (`jobs/ingest.py`): Kafka -> validated event lake, in micro-batches."""
+
+    interval_s: float = Field(5.0, gt=0)  # continuous mode: wait between polls once caught up
+    # Upper bound on records read per events partition in one micro-batch: bounds memory and the
+    # work lost to a crash. The (compacted) item topic is read to its end every batch.
+    max_records_per_partition: int = Field(200_000, ge=1)
+    # Per read task. Ray's reader then returns what it has (a partial range, only a warning);
+    # the ledger advances by the offsets actually seen, so nothing is skipped.
+    read_timeout_s: float = Field(60.0, gt=0)
+    kafka_timeout_s: float = Field(10.0, gt=0)  # metadata / watermark queries
+    read_num_cpus: float = Field(0.5, gt=0)  # per Ray read task (2-core laptop: keep small)
+    max_payload_bytes: int = Field(64 * 1024, ge=64)  # larger records are dead-lettered
+    dead_letter_topic: bool = True  # also publish rejects to kafka.dead_letter_topic (at least once)
+    retry_backoff_s: float = Field(2.0, gt=0)  # after a failed batch, doubled up to retry_backoff_max_s
+    retry_backoff_max_s: float = Field(30.0, gt=0)
+    once_max_failures: int = Field(5, ge=1)  # --once gives up after this many failed attempts in a row
+    build_sequences: bool = True  # rebuild the touched users' sequences after committed batches
+    sequence_min_interval_s: float = Field(0.0, ge=0)  # continuous mode: at most one build per interval
+    # Passed to the Confluent consumer of `ray.data.read_kafka` and the offset queries (librdkafka
+    # names), on top of what kafka.client_options maps to.
+    consumer_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class SequenceSpec(Section):
+    """One family of per-user sequences: the events kept (actions and/or scenes)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # output folder: <root>/sequences/<name>/
+    actions: list[str] | None = None  # None: every action
+    scenes: list[str] | None = None  # None: every scene
+
+
+class SequenceConfig(Section):
+    """What the sequence builder writes for training: the all-scene sequence S_u and targets S'_u."""
+
+    max_len: int = Field(200, ge=3)  # keep the most recent events
+    buckets: int = Field(8, ge=1, le=4096)  # output files per sequence (users hashed into them)
+    # MovieLens `like` events repeat `rate` ones, so the all-scene sequence keeps `rate` only.
+    all_scene: SequenceSpec = Field(default_factory=lambda: SequenceSpec(name="all", actions=["rate"]))
+    targets: list[SequenceSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SequenceConfig:
+        names = [s.name for s in self.specs()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sequence names must be unique (they name output folders), got {names}")
+        return self
+
+    def specs(self) -> list[SequenceSpec]:
+        return [self.all_scene, *self.targets]
 
 
 class PreciseConfig(Section):
@@ -114,6 +164,15 @@ class PreciseConfig(Section):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    sequences: SequenceConfig = Field(default_factory=SequenceConfig)
+
+    @model_validator(mode="after")
+    def _training_target_is_built(self) -> PreciseConfig:
+        targets = [spec.name for spec in self.sequences.targets]
+        if targets and self.training.target not in targets:
+            raise ValueError(f"training.target {self.training.target!r} is not one of sequences.targets {targets}")
+        return self
 
 
 class ConfigError(ValueError):

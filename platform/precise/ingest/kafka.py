@@ -1,0 +1,121 @@
+"""Kafka clients of the ingest job (confluent-kafka / librdkafka, the client Ray's reader uses).
+
+Every call has a timeout: when the broker is down, a query fails in seconds with an exception the
+job's retry loop handles, instead of hanging the job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+from precise.config import IngestConfig, KafkaConfig
+
+log = logging.getLogger(__name__)
+
+# kafka.client_options use kafka-python's names (the producer and tools use kafka-python).
+_LIBRDKAFKA_NAMES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "sasl_kerberos_service_name": "sasl.kerberos.service.name",
+    "sasl_kerberos_name": "sasl.kerberos.principal",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+    "ssl_ciphers": "ssl.cipher.suites",
+    "ssl_crlfile": "ssl.crl.location",
+}
+
+
+def librdkafka_options(kafka: KafkaConfig, ingest: IngestConfig) -> dict[str, Any]:
+    """Connection/security options for Confluent clients: mapped client_options + consumer_config."""
+    options: dict[str, Any] = {}
+    for key, value in kafka.client_options.items():
+        if key in _LIBRDKAFKA_NAMES:
+            options[_LIBRDKAFKA_NAMES[key]] = value
+        else:
+            log.warning("kafka.client_options.%s has no librdkafka equivalent here; set it in "
+                        "ingest.consumer_config if the ingest job needs it", key)
+    options.update(ingest.consumer_config)
+    options.pop("bootstrap.servers", None)  # always kafka.bootstrap_servers
+    return options
+
+
+def watermarks(kafka: KafkaConfig, ingest: IngestConfig, topics: list[str]) -> dict[str, dict[int, tuple[int, int]]]:
+    """(low, high) offsets per partition of each topic; a topic that does not exist maps to {}."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "precise-ingest-offsets",
+                         "enable.auto.commit": False, **librdkafka_options(kafka, ingest)})
+    timeout = ingest.kafka_timeout_s
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        if not metadata.brokers:
+            raise KafkaException(f"no broker reachable at {kafka.bootstrap_servers}")
+        result: dict[str, dict[int, tuple[int, int]]] = {}
+        for topic in topics:
+            meta = metadata.topics.get(topic)
+            if meta is None or meta.error is not None:
+                result[topic] = {}
+                continue
+            result[topic] = {p: tuple(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout))
+                             for p in sorted(meta.partitions)}
+        return result
+    finally:
+        consumer.close()
+
+
+class DeadLetterPublisher:
+    """Publishes rejected records to the dead-letter topic (at least once: re-sent if a batch is re-run).
+
+    The value is JSON with the reason, the source topic/partition/offset and the raw key and value in
+    base64; the key is "<topic>:<partition>:<offset>", so consumers can drop repeats.
+    """
+
+    def __init__(self, kafka: KafkaConfig, ingest: IngestConfig) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = kafka.dead_letter_topic
+        self.timeout_s = max(ingest.kafka_timeout_s * 3, 30.0)
+        self._producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "enable.idempotence": True,
+                                   "linger.ms": 20, "message.timeout.ms": int(self.timeout_s * 1000),
+                                   **librdkafka_options(kafka, ingest)})
+
+    def publish(self, rows: list[dict[str, Any]]) -> None:
+        """Send every row and wait for the broker's acknowledgement; raise if any is not delivered."""
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        now = int(time.time() * 1000)
+        for row in rows:
+            payload = {
+                "reason": row["reason"], "reason_kind": row["reason_kind"], "topic": row["topic"],
+                "partition": row["partition"], "offset": row["offset"], "kafka_ts": row["kafka_ts"],
+                "key_b64": None if row["key"] is None else base64.b64encode(row["key"]).decode(),
+                "value_b64": None if row["value"] is None else base64.b64encode(row["value"]).decode(),
+                "ingest_ts": now,
+            }
+            key = f"{row['topic']}:{row['partition']}:{row['offset']}".encode()
+            while True:
+                try:
+                    self._producer.produce(self.topic, value=json.dumps(payload).encode(), key=key,
+                                           on_delivery=delivered)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self._producer.poll(0.5)
+        remaining = self._producer.flush(self.timeout_s)
+        if remaining or errors:
+            raise RuntimeError(f"dead-letter topic {self.topic}: {remaining} records undelivered, "
+                               f"{len(errors)} failed ({errors[:1]})")
+
+    def close(self) -> None:
+        self._producer.flush(5)

@@ -1,0 +1,241 @@
+"""The event lake: layout, file names, schemas, the offset ledger, and readers for other stages.
+
+Layout under the storage root (local path or URI):
+
+    lake/_ledger.json                               next offset per topic-partition (the commit point)
+    lake/events/date=YYYY-MM-DD/p{P}-{S}-{E}.parquet   valid events, by event date (UTC)
+    lake/dead_letter/topic=<topic>/p{P}-{S}-{E}.parquet rejected records, raw bytes and reason
+    lake/items/items.parquet                        latest text and first-seen time per item
+    sequences/<name>/bucket-{B}.parquet (+ _state.json)  per-user sequences (precise.ingest.sequences)
+
+`p{P}-{S}-{E}` names the Kafka partition P and the offset range [S, E) the file came from, so a
+batch re-run after a crash writes the same names and overwrites. The ledger is written after the
+data it covers. A file is *committed* when its range lies below the ledger's next offset for its
+partition; a file at or above it was left by a batch that crashed before committing, is ignored by
+every reader here, and is deleted by the next ingest run before it writes the range again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from precise.ingest.storage import Storage
+
+LEDGER_VERSION = 1
+_FILE_NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
+
+EVENT_SCHEMA = pa.schema([
+    ("event_id", pa.string()),
+    ("user_id", pa.string()),
+    ("item_id", pa.string()),
+    ("scene", pa.string()),
+    ("action", pa.string()),
+    ("ts", pa.int64()),  # event time, epoch ms
+    ("value", pa.float64()),  # e.g. the rating; null when absent
+    ("extra", pa.string()),  # unknown fields of the event as a JSON object; null when none
+    ("partition", pa.int32()),  # where it came from in Kafka
+    ("offset", pa.int64()),
+    ("kafka_ts", pa.int64()),  # Kafka record timestamp, epoch ms
+    ("ingest_ts", pa.int64()),  # wall clock of the batch that wrote it, epoch ms
+])
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    ("topic", pa.string()),
+    ("partition", pa.int32()),
+    ("offset", pa.int64()),
+    ("kafka_ts", pa.int64()),
+    ("reason", pa.string()),  # what is wrong, naming the field
+    ("reason_kind", pa.string()),  # a small fixed vocabulary (precise.ingest.validate.REASON_KINDS)
+    ("key", pa.binary()),  # the record as it arrived
+    ("value", pa.binary()),
+    ("ingest_ts", pa.int64()),
+])
+
+ITEM_SCHEMA = pa.schema([
+    ("item_id", pa.string()),
+    ("text", pa.string()),  # latest known text
+    ("scene", pa.string()),
+    ("created_ts", pa.int64()),
+    ("extra", pa.string()),
+    ("first_seen_ts", pa.int64()),  # Kafka timestamp of the item's first record
+    ("updated_ts", pa.int64()),  # Kafka timestamp of its latest record
+    ("deleted", pa.bool_()),  # latest record was a tombstone (null value)
+    ("partition", pa.int32()),  # latest record's position in the item topic
+    ("offset", pa.int64()),
+])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each part of the lake lives under a storage root."""
+
+    storage: Storage
+
+    @property
+    def lake(self) -> str:
+        return self.storage.path("lake")
+
+    @property
+    def ledger(self) -> str:
+        return self.storage.path("lake", "_ledger.json")
+
+    @property
+    def lock(self) -> str:
+        return self.storage.path("lake", "_ingest.lock")
+
+    @property
+    def events(self) -> str:
+        return self.storage.path("lake", "events")
+
+    @property
+    def dead_letter(self) -> str:
+        return self.storage.path("lake", "dead_letter")
+
+    @property
+    def items(self) -> str:
+        return self.storage.path("lake", "items", "items.parquet")
+
+    def event_file(self, date: str, partition: int, start: int, end: int) -> str:
+        return f"{self.events}/date={date}/{range_file_name(partition, start, end)}"
+
+    def dead_letter_file(self, topic: str, partition: int, start: int, end: int) -> str:
+        return f"{self.dead_letter}/topic={topic}/{range_file_name(partition, start, end)}"
+
+    def sequences(self, name: str) -> str:
+        return self.storage.path("sequences", name)
+
+
+def range_file_name(partition: int, start: int, end: int) -> str:
+    """`p{partition}-{start}-{end}.parquet` for offsets [start, end), zero-padded to sort."""
+    return f"p{partition:04d}-{start:012d}-{end:012d}.parquet"
+
+
+def parse_range_file_name(path: str) -> tuple[int, int, int] | None:
+    """(partition, start, end) of a lake data file, None for anything else."""
+    match = _FILE_NAME.match(path.rsplit("/", 1)[-1])
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+@dataclass
+class Ledger:
+    """Per topic-partition, the next offset to read; everything below it is in the lake."""
+
+    offsets: dict[str, dict[int, int]] = field(default_factory=dict)
+    events_topic: str | None = None
+    items_topic: str | None = None
+    batches: int = 0
+    committed_at_ms: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        return self.offsets.get(topic, {}).get(partition)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "version": LEDGER_VERSION,
+            "events_topic": self.events_topic,
+            "items_topic": self.items_topic,
+            "batches": self.batches,
+            "committed_at_ms": self.committed_at_ms,
+            "offsets": {t: {str(p): o for p, o in sorted(parts.items())} for t, parts in self.offsets.items()},
+            "totals": self.totals,
+        }, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Ledger:
+        raw = json.loads(data)
+        if raw.get("version") != LEDGER_VERSION:
+            raise ValueError(f"ledger version {raw.get('version')!r} is not {LEDGER_VERSION}")
+        return cls(offsets={t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw["offsets"].items()},
+                   events_topic=raw.get("events_topic"), items_topic=raw.get("items_topic"),
+                   batches=int(raw.get("batches", 0)), committed_at_ms=int(raw.get("committed_at_ms", 0)),
+                   totals=dict(raw.get("totals", {})))
+
+
+def load_ledger(storage: Storage) -> Ledger:
+    data = storage.read_bytes(Layout(storage).ledger)
+    return Ledger() if data is None else Ledger.from_json(data)
+
+
+def save_ledger(storage: Storage, ledger: Ledger) -> None:
+    """Atomically replace the ledger: the commit point of a batch."""
+    ledger.committed_at_ms = int(time.time() * 1000)
+    storage.write_bytes(Layout(storage).ledger, ledger.to_json())
+
+
+def split_committed(paths: list[str], offsets: dict[int, int]) -> tuple[list[str], list[str]]:
+    """(committed, uncommitted) range files, given one topic's next offset per partition."""
+    committed, uncommitted = [], []
+    for path in paths:
+        parsed = parse_range_file_name(path)
+        if parsed is None:
+            continue
+        partition, start, _ = parsed
+        (committed if start < offsets.get(partition, 0) else uncommitted).append(path)
+    return committed, uncommitted
+
+
+def _dead_letter_files(storage: Storage, topic: str | None) -> list[str]:
+    return storage.list_files(f"{Layout(storage).dead_letter}/topic={topic}") if topic else []
+
+
+# ---- readers for other stages (training, tools, tests) -------------------------------------------
+
+
+def event_files(root: str | Storage) -> list[str]:
+    """Paths (on `Storage(root).fs`) of the committed event files, oldest partition ranges first."""
+    storage = root if isinstance(root, Storage) else Storage(root)
+    ledger = load_ledger(storage)
+    if ledger.events_topic is None:
+        return []
+    committed, _ = split_committed(storage.list_files(Layout(storage).events),
+                                   ledger.offsets.get(ledger.events_topic, {}))
+    return committed
+
+
+def read_events(root: str | Storage, columns: list[str] | None = None) -> pa.Table:
+    """Every committed event (pyarrow; for tools and tests; use `events_dataset` for big lakes)."""
+    storage = root if isinstance(root, Storage) else Storage(root)
+    files = event_files(storage)
+    if not files:
+        return EVENT_SCHEMA.empty_table().select(columns or EVENT_SCHEMA.names)
+    return pa.concat_tables(pq.read_table(f, columns=columns, filesystem=storage.fs, partitioning=None)
+                            for f in files)
+
+
+def events_dataset(root: str, columns: list[str] | None = None) -> Any:
+    """The committed events as a Ray Dataset (training reads the lake through this)."""
+    import ray
+
+    storage = Storage(root)
+    files = event_files(storage)
+    if not files:
+        return ray.data.from_arrow(EVENT_SCHEMA.empty_table().select(columns or EVENT_SCHEMA.names))
+    return ray.data.read_parquet(files, filesystem=storage.fs, columns=columns, partitioning=None)
+
+
+def read_dead_letters(root: str | Storage) -> pa.Table:
+    """Every committed dead-letter record, of both topics."""
+    storage = root if isinstance(root, Storage) else Storage(root)
+    ledger = load_ledger(storage)
+    tables = []
+    for topic in (ledger.events_topic, ledger.items_topic):
+        committed, _ = split_committed(_dead_letter_files(storage, topic), ledger.offsets.get(topic or "", {}))
+        tables += [pq.read_table(f, filesystem=storage.fs, partitioning=None) for f in committed]
+    return pa.concat_tables(tables) if tables else DEAD_LETTER_SCHEMA.empty_table()
+
+
+def read_items(root: str | Storage) -> pa.Table:
+    """The item table (latest version of every item seen on the item topic)."""
+    storage = root if isinstance(root, Storage) else Storage(root)
+    path = Layout(storage).items
+    if not storage.exists(path):
+        return ITEM_SCHEMA.empty_table()
+    return pq.read_table(path, filesystem=storage.fs, partitioning=None)

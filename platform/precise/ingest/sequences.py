@@ -1,0 +1,292 @@
+"""Per-user sequences for training, built from the event lake with Ray Data, incrementally.
+
+For each configured spec (the all-scene sequence S_u and each target S'_u, DESIGN section 5) we
+keep, per user, the events whose action / scene the spec selects, in time order (ts, then
+event_id), truncated to the most recent `max_len`, with the leave-one-out split of the evaluation
+protocol: the last item is the test target, the second-to-last the validation target, the rest
+(`train_len` items) is for training. Users with fewer than 3 events have no split (train only).
+
+Output, one folder per spec, users hashed into `buckets` files:
+
+    sequences/<name>/bucket-{B:04d}.parquet   SEQUENCE_SCHEMA, sorted by user_id
+    sequences/<name>/_state.json              the ledger offsets the sequences cover, the spec
+
+Incremental: a build reads only the lake files committed since the offsets in `_state.json`
+(Ray Data: one task per Kafka partition reads, filters and collapses its users' new events; no
+shuffle, since events are keyed by user), merges them into the stored sequences of the users they
+touch, and rewrites only the buckets holding those users. Merging is exact: the
+most recent `max_len` of (old + new) are among the most recent `max_len` of each. It is also
+idempotent (events are merged by event id), so a build that crashed after writing some buckets
+but before `_state.json` is simply redone. A changed spec, `max_len` or bucket count rebuilds all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from precise.config import PreciseConfig, SequenceSpec
+from precise.ingest.lake import Layout, event_files, load_ledger, parse_range_file_name
+from precise.ingest.storage import Storage
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_SCHEMA = pa.schema([
+    ("user_id", pa.string()),
+    ("item_ids", pa.list_(pa.string())),  # oldest first
+    ("ts", pa.list_(pa.int64())),  # event time of each item, epoch ms
+    ("event_ids", pa.list_(pa.string())),  # lineage back to the lake (and what merging dedupes on)
+    ("length", pa.int32()),
+    ("train_len", pa.int32()),  # items[:train_len] train; length >= 3: length - 2, else length
+    ("valid_item", pa.string()),  # items[length-2] when length >= 3, else null
+    ("test_item", pa.string()),  # items[length-1] when length >= 3, else null
+])
+_EVENT_COLUMNS = ["user_id", "item_id", "ts", "event_id"]
+
+
+@dataclass
+class BuildResult:
+    name: str
+    full: bool
+    new_files: int
+    new_events: int
+    users_rebuilt: int
+    users_total: int
+    buckets_written: int
+    seconds: float
+
+
+def bucket_of(user_ids: list[str], buckets: int) -> np.ndarray:
+    """Stable bucket of each user (crc32 of the id; the same in every process and run)."""
+    return np.fromiter((zlib.crc32(u.encode()) % buckets for u in user_ids), dtype=np.int64, count=len(user_ids))
+
+
+def select_events(batch: pa.Table, actions: list[str] | None, scenes: list[str] | None) -> pa.Table:
+    """The events of `batch` a spec keeps, as (user_id, item_id, ts, event_id)."""
+    mask = None
+    if actions is not None:
+        mask = pc.is_in(batch.column("action"), value_set=pa.array(actions, pa.string()))
+    if scenes is not None:
+        scene_mask = pc.is_in(batch.column("scene"), value_set=pa.array(scenes, pa.string()))
+        mask = scene_mask if mask is None else pc.and_(mask, scene_mask)
+    selected = batch if mask is None else batch.filter(mask)
+    return selected.select(_EVENT_COLUMNS)
+
+
+def collapse(events: pa.Table, max_len: int) -> pa.Table:
+    """Events (user_id, item_id, ts, event_id), any order -> one row per user, lists in time order.
+
+    Ties in ts are broken by event_id; an event id seen twice counts once; only the most recent
+    `max_len` events are kept. (The map_groups function, and the merge of old and new events.)
+    """
+    if events.num_rows == 0:
+        return pa.table({"user_id": pa.array([], pa.string()), "item_ids": pa.array([], pa.list_(pa.string())),
+                         "ts": pa.array([], pa.list_(pa.int64())), "event_ids": pa.array([], pa.list_(pa.string()))})
+    frame = events.select(_EVENT_COLUMNS).to_pandas()
+    frame = frame.drop_duplicates(["user_id", "event_id"])
+    frame = frame.sort_values(["user_id", "ts", "event_id"], kind="stable")
+    frame = frame.groupby("user_id", sort=False).tail(max_len)
+    table = pa.Table.from_pandas(frame, preserve_index=False).cast(
+        pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("ts", pa.int64()), ("event_id", pa.string())]))
+    # Single-threaded group_by keeps the input order inside each list.
+    grouped = table.group_by("user_id", use_threads=False).aggregate(
+        [("item_id", "list"), ("ts", "list"), ("event_id", "list")])
+    return pa.table({"user_id": grouped.column("user_id"), "item_ids": grouped.column("item_id_list"),
+                     "ts": grouped.column("ts_list"), "event_ids": grouped.column("event_id_list")})
+
+
+def with_split(sequences: pa.Table) -> pa.Table:
+    """Add length and the leave-one-out split columns; SEQUENCE_SCHEMA, sorted by user."""
+    lengths = pc.list_value_length(sequences.column("item_ids")).to_numpy(zero_copy_only=False).astype(np.int32)
+    has_split = lengths >= 3
+    items = sequences.column("item_ids").to_pylist()
+    valid = [seq[-2] if ok else None for seq, ok in zip(items, has_split, strict=True)]
+    test = [seq[-1] if ok else None for seq, ok in zip(items, has_split, strict=True)]
+    table = pa.table({
+        "user_id": sequences.column("user_id"),
+        "item_ids": sequences.column("item_ids"),
+        "ts": sequences.column("ts"),
+        "event_ids": sequences.column("event_ids"),
+        "length": pa.array(lengths, pa.int32()),
+        "train_len": pa.array(np.where(has_split, lengths - 2, lengths), pa.int32()),
+        "valid_item": pa.array(valid, pa.string()),
+        "test_item": pa.array(test, pa.string()),
+    }, schema=SEQUENCE_SCHEMA)
+    return table.sort_by("user_id")
+
+
+def explode(sequences: pa.Table) -> pa.Table:
+    """Stored sequences back to event rows (user_id, item_id, ts, event_id)."""
+    parents = pc.list_parent_indices(sequences.column("item_ids"))
+    return pa.table({
+        "user_id": pc.take(sequences.column("user_id"), parents),
+        "item_id": pc.list_flatten(sequences.column("item_ids")),
+        "ts": pc.list_flatten(sequences.column("ts")),
+        "event_id": pc.list_flatten(sequences.column("event_ids")),
+    })
+
+
+def _empty_events() -> pa.Table:
+    return pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string()),
+                     "ts": pa.array([], pa.int64()), "event_id": pa.array([], pa.string())})
+
+
+def _partition_sequences(batch: pa.Table, filesystem: Any, actions: list[str] | None, scenes: list[str] | None,
+                         max_len: int) -> pa.Table:
+    """Ray task: one Kafka partition's new lake files -> that partition's users' sequences."""
+    import pyarrow.dataset as pads
+
+    files = [path for paths in batch.column("files").to_pylist() for path in paths]
+    events = pads.dataset(files, format="parquet", filesystem=filesystem).to_table(
+        columns=[*_EVENT_COLUMNS, "action", "scene"])
+    return collapse(select_events(events, actions, scenes), max_len)
+
+
+class SequenceBuilder:
+    """Builds every configured spec from the committed lake; call `build()` after ingest batches."""
+
+    def __init__(self, config: PreciseConfig, storage: Storage | None = None) -> None:
+        self.config = config.sequences
+        self.storage = storage or Storage(config.storage.resolved_root())
+        self.layout = Layout(self.storage)
+
+    def build(self, full: bool = False) -> list[BuildResult]:
+        with self.storage.exclusive(self.storage.path("sequences", "_build.lock")):
+            ledger = load_ledger(self.storage)
+            files = event_files(self.storage)
+            covered = ledger.offsets.get(ledger.events_topic or "", {})
+            return [self._build_spec(spec, files, covered, full) for spec in self.config.specs()]
+
+    # ---- one spec ---------------------------------------------------------------------------------
+
+    def _state_path(self, name: str) -> str:
+        return f"{self.layout.sequences(name)}/_state.json"
+
+    def _bucket_path(self, name: str, bucket: int) -> str:
+        return f"{self.layout.sequences(name)}/bucket-{bucket:04d}.parquet"
+
+    def _fingerprint(self, spec: SequenceSpec) -> dict[str, Any]:
+        return {"spec": spec.model_dump(), "max_len": self.config.max_len, "buckets": self.config.buckets}
+
+    def _build_spec(self, spec: SequenceSpec, files: list[str], covered: dict[int, int], full: bool) -> BuildResult:
+        started = time.monotonic()
+        raw_state = self.storage.read_bytes(self._state_path(spec.name))
+        state = json.loads(raw_state) if raw_state else None
+        if state is None or state.get("fingerprint") != self._fingerprint(spec):
+            full = True
+        done = {} if full else {int(p): o for p, o in state["offsets"].items()}
+        new_files = [f for f in files if parse_range_file_name(f)[1] >= done.get(parse_range_file_name(f)[0], 0)]
+        if not new_files and not full:
+            return BuildResult(spec.name, False, 0, 0, 0, int(state.get("users", 0)), 0,
+                               time.monotonic() - started)
+        fresh = self._sequences_from_files(spec, new_files)
+        new_events = int(pc.sum(pc.list_value_length(fresh.column("item_ids"))).as_py() or 0)
+        buckets = self.config.buckets
+        fresh_bucket = bucket_of(fresh.column("user_id").to_pylist(), buckets)
+        touched = sorted(set(fresh_bucket.tolist())) if not full else list(range(buckets))
+        users_total = 0 if full else int(state.get("users", 0))
+        for bucket in touched:
+            mine = fresh.filter(pa.array(fresh_bucket == bucket))
+            old = None if full else self._read_bucket(spec.name, bucket)
+            if old is not None and old.num_rows:
+                users_total -= old.num_rows
+                is_touched = pc.is_in(old.column("user_id"), value_set=mine.column("user_id"))
+                kept = old.filter(pc.invert(is_touched))
+                merged = collapse(pa.concat_tables([explode(old.filter(is_touched)), explode(mine)]),
+                                  self.config.max_len)
+                table = pa.concat_tables([kept, with_split(merged)]).sort_by("user_id")
+            else:
+                table = with_split(mine)
+            users_total += table.num_rows
+            self.storage.write_parquet(self._bucket_path(spec.name, bucket), table)
+        if full:  # a smaller bucket count leaves files behind: remove them
+            for path in self.storage.list_files(self.layout.sequences(spec.name), recursive=False):
+                name = path.rsplit("/", 1)[-1]
+                if name.startswith("bucket-") and int(name[7:11]) >= buckets:
+                    self.storage.delete(path)
+        new_state = {"fingerprint": self._fingerprint(spec), "offsets": {str(p): o for p, o in sorted(covered.items())},
+                     "users": users_total, "built_at_ms": int(time.time() * 1000)}
+        self.storage.write_bytes(self._state_path(spec.name), json.dumps(new_state, indent=1).encode())
+        result = BuildResult(spec.name, full, len(new_files), new_events, fresh.num_rows, users_total, len(touched),
+                             time.monotonic() - started)
+        log.info("sequences %s: %s", spec.name, result)
+        return result
+
+    def _sequences_from_files(self, spec: SequenceSpec, files: list[str]) -> pa.Table:
+        """Ray Data: the new lake files -> the spec's events -> one (truncated) sequence per user.
+
+        One Ray task per Kafka partition, no shuffle: events are keyed by user, so a user's
+        events sit in one partition's files (a user found in two is merged again on the driver).
+        Measured on ML-100k, 2 cores: a groupby("user_id").map_groups hash shuffle took ~25 s and
+        read_parquet over the ~600 daily files ~45 s; this takes about a second.
+        """
+        if not files:
+            return collapse(_empty_events(), self.config.max_len)
+        import ray
+
+        by_partition: dict[int, list[str]] = {}
+        for path in files:
+            by_partition.setdefault(parse_range_file_name(path)[0], []).append(path)
+        ds = ray.data.from_items([{"files": paths} for _, paths in sorted(by_partition.items())],
+                                 override_num_blocks=len(by_partition))
+        ds = ds.map_batches(_partition_sequences, batch_format="pyarrow", batch_size=1,
+                            fn_kwargs={"filesystem": self.storage.fs, "actions": spec.actions, "scenes": spec.scenes,
+                                       "max_len": self.config.max_len})
+        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+        if not tables:
+            return collapse(_empty_events(), self.config.max_len)
+        table = pa.concat_tables(tables)
+        counts = pc.value_counts(table.column("user_id"))
+        split_users = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        if len(split_users):  # a user whose events came through more than one partition
+            log.warning("sequences %s: %d users have events in several Kafka partitions (events should be "
+                        "keyed by user)", spec.name, len(split_users))
+            is_split = pc.is_in(table.column("user_id"), value_set=split_users)
+            table = pa.concat_tables([table.filter(pc.invert(is_split)),
+                                      collapse(explode(table.filter(is_split)), self.config.max_len)])
+        return table
+
+    def _read_bucket(self, name: str, bucket: int) -> pa.Table | None:
+        path = self._bucket_path(name, bucket)
+        if not self.storage.exists(path):
+            return None
+        return pq.read_table(path, filesystem=self.storage.fs, partitioning=None)
+
+
+# ---- readers for training ---------------------------------------------------------------------------
+
+
+def sequence_files(root: str | Storage, name: str) -> list[str]:
+    storage = root if isinstance(root, Storage) else Storage(root)
+    return [p for p in storage.list_files(Layout(storage).sequences(name), recursive=False)
+            if p.rsplit("/", 1)[-1].startswith("bucket-") and p.endswith(".parquet")]
+
+
+def read_sequences(root: str | Storage, name: str) -> pa.Table:
+    """All sequences of spec `name` (pyarrow), sorted by user id."""
+    storage = root if isinstance(root, Storage) else Storage(root)
+    files = sequence_files(storage, name)
+    if not files:
+        return SEQUENCE_SCHEMA.empty_table()
+    tables = [pq.read_table(f, filesystem=storage.fs, partitioning=None) for f in files]
+    return pa.concat_tables(tables).sort_by("user_id")
+
+
+def sequences_dataset(root: str, name: str) -> Any:
+    """The sequences of spec `name` as a Ray Dataset (how training reads them)."""
+    import ray
+
+    storage = Storage(root)
+    files = sequence_files(storage, name)
+    if not files:
+        raise FileNotFoundError(f"no sequences named {name!r} under {storage.uri}; run the ingest job first")
+    return ray.data.read_parquet(files, filesystem=storage.fs, partitioning=None)
