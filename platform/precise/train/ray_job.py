@@ -75,10 +75,14 @@ class Prepared:
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def extend_vocabulary(parent_items: list[str], sequences: pa.Table) -> list[str]:
-    """Parent items first (indices unchanged), then unseen items in first-seen order."""
+def extend_vocabulary(parent_items: list[str], catalogue: list[str], sequences: pa.Table) -> list[str]:
+    """Parent items first (indices unchanged), then new catalogue items (in catalogue order), then
+    items seen in events but missing from the catalogue (their text has not arrived yet)."""
     known = set(parent_items)
     new: dict[str, None] = {}
+    for item in catalogue:
+        if item not in known:
+            new[item] = None
     for seq in sequences.column("item_ids").to_pylist():
         for item in seq:
             if item not in known and item not in new:
@@ -127,6 +131,17 @@ def validation_set(sequences: pa.Table, lookup: dict[str, int], max_len: int) ->
                    np.asarray(targets, dtype=np.int64))
 
 
+def _catalogue(root: str) -> list[str]:
+    """Item ids of the lake's item table, oldest first (a stable order for new indices)."""
+    from precise.ingest.lake import read_items
+
+    table = read_items(root)
+    if table.num_rows == 0:
+        return []
+    table = table.sort_by([("created_ts", "ascending"), ("item_id", "ascending")])
+    return table.column("item_id").to_pylist()
+
+
 def _text_table(config: PreciseConfig, items: list[str], token_dim: int,
                 projection: TokenProjection | None) -> tuple[tuple[np.ndarray, np.ndarray], TokenProjection]:
     from precise.ingest.lake import read_items
@@ -173,7 +188,7 @@ def prepare(config: PreciseConfig, kind: str, full: bool = False) -> Prepared:
         lineage = {"warm_started_from": parent.ref}
 
     parent_items, projection = _load_parent_assets(registry, parent) if parent else ([], None)
-    items = extend_vocabulary(parent_items, sequences)
+    items = extend_vocabulary(parent_items, _catalogue(root), sequences)
     model_config = ModelConfig.from_dict(t.model, num_items=len(items))
     train_config = TrainConfig.from_dict(t.universal if kind == "universal" else t.targeted)
     table = None
