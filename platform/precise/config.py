@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -157,6 +157,17 @@ class SequenceConfig(Section):
         return [self.all_scene, *self.targets]
 
 
+class PipelineConfig(Section):
+    """The orchestrator (`jobs/pipeline.py`): one cycle per `cycle_s` of event time."""
+
+    cycle_s: float = Field(86_400.0, gt=0)  # event-time length of a cycle ("a day")
+    warmup_cycles: int = Field(1, ge=1)  # periods of history before the first trained boundary
+    max_cycles: int | None = Field(None, ge=1)  # stop after this many trained cycles
+    mode: Literal["periodic", "once"] = "periodic"  # TT re-warm-started every cycle, or only once
+    predict: bool = True  # publish an embedding snapshot after each cycle (when serving is set up)
+    poll_interval_s: float = Field(10.0, gt=0)  # --follow: wait between ingest polls
+
+
 class PreciseConfig(Section):
     name: str = "default"
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
@@ -166,6 +177,7 @@ class PreciseConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     sequences: SequenceConfig = Field(default_factory=SequenceConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _training_target_is_built(self) -> PreciseConfig:

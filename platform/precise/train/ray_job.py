@@ -114,6 +114,31 @@ def grow_state(fresh: dict[str, torch.Tensor], parent: dict[str, torch.Tensor]) 
     return state
 
 
+def cut_before(sequences: pa.Table, until_ts: int | None) -> pa.Table:
+    """Each user's events with ts < `until_ts`, re-split (leave-one-out) as the ingest job splits.
+
+    The orchestrator trains cycle d on the events before its boundary, whatever the lake already
+    holds beyond it; users with no event before the boundary are dropped."""
+    if until_ts is None:
+        return sequences
+    from precise.ingest.sequences import with_split
+
+    items, stamps, event_ids, users = [], [], [], []
+    for user, seq, ts, ids in zip(sequences.column("user_id").to_pylist(), sequences.column("item_ids").to_pylist(),
+                                  sequences.column("ts").to_pylist(), sequences.column("event_ids").to_pylist(),
+                                  strict=True):
+        keep = sum(1 for t in ts if t < until_ts)  # ts are sorted
+        if keep:
+            users.append(user)
+            items.append(seq[:keep])
+            stamps.append(ts[:keep])
+            event_ids.append(ids[:keep])
+    return with_split(pa.table({"user_id": pa.array(users, pa.string()),
+                                "item_ids": pa.array(items, pa.list_(pa.string())),
+                                "ts": pa.array(stamps, pa.list_(pa.int64())),
+                                "event_ids": pa.array(event_ids, pa.list_(pa.string()))}))
+
+
 def _index_sequences(sequences: pa.Table, lookup: dict[str, int]) -> list[np.ndarray]:
     return [np.fromiter((lookup[i] for i in seq), dtype=np.int64, count=len(seq))
             for seq in sequences.column("item_ids").to_pylist()]
@@ -165,7 +190,8 @@ def _load_parent_assets(registry: ModelRegistry, parent: ModelVersion) -> tuple[
         return items, None
 
 
-def prepare(config: PreciseConfig, kind: str, full: bool = False) -> Prepared:
+def prepare(config: PreciseConfig, kind: str, full: bool = False, until_ts: int | None = None,
+            warm_start: bool = True) -> Prepared:
     """Everything a training run needs, from the lake and the registry."""
     from precise.ingest.sequences import read_sequences
 
@@ -173,13 +199,18 @@ def prepare(config: PreciseConfig, kind: str, full: bool = False) -> Prepared:
     root = config.storage.resolved_root()
     registry = ModelRegistry(root)
     spec = config.sequences.all_scene.name if kind == "universal" else t.target
-    sequences = read_sequences(root, spec)
+    sequences = cut_before(read_sequences(root, spec), until_ts)
     if sequences.num_rows == 0:
         raise TrainingError(f"no sequences named {spec!r} under {root}/sequences; run jobs/ingest.py first")
 
     if kind == "universal":
         parent = None if full else registry.latest("universal")
         lineage = {"parent_version": parent.ref if parent else None}
+    elif not warm_start and registry.latest("targeted", t.target) is not None:
+        # "Warm start once" (the paper's baseline for figure 4a): continue the previous targeted
+        # version instead of re-warm-starting from the newest universal one.
+        parent = registry.latest("targeted", t.target)
+        lineage = {"parent_version": parent.ref, "warm_started_from": parent.metadata.get("warm_started_from")}
     else:
         parent = registry.latest("universal")
         if parent is None:
@@ -199,9 +230,9 @@ def prepare(config: PreciseConfig, kind: str, full: bool = False) -> Prepared:
     fresh = build_model(model_config, kind, token_table=table)
     state = fresh.state_dict()
     if parent is not None:
-        parent_state = grow_state(build_model(model_config, "universal", token_table=table).state_dict(),
+        parent_state = grow_state(build_model(model_config, parent.kind, token_table=table).state_dict(),
                                   registry.load_state_dict(parent))
-        if kind == "universal":
+        if kind == parent.kind:
             state = parent_state
         else:
             copied = fresh.warm_start(parent_state)
@@ -212,14 +243,15 @@ def prepare(config: PreciseConfig, kind: str, full: bool = False) -> Prepared:
     latest_ts = sequences.column("ts").combine_chunks().flatten()
     window_end = int(pa.compute.max(latest_ts).as_py())
     since = None
-    if parent is not None and kind == "universal":
+    if parent is not None and kind == parent.kind:
         since = parent.metadata.get("data_window", {}).get("end_ts")
     lookup = {item: i + 1 for i, item in enumerate(items)}
     return Prepared(
         kind=kind, task=None if kind == "universal" else t.target, items=items, model_config=model_config,
         train_config=train_config, initial_state=state, token_table=table, projection=projection,
         valid=validation_set(sequences, lookup, model_config.max_len),
-        train_users=sequences.num_rows, data_window={"since_ts": since, "end_ts": window_end},
+        train_users=sequences.num_rows,
+        data_window={"since_ts": since, "end_ts": window_end, "until_ts": until_ts},
         lineage=lineage,
     )
 
@@ -231,13 +263,18 @@ def training_dataset(config: PreciseConfig, prepared: Prepared) -> Any:
     spec = config.sequences.all_scene.name if prepared.kind == "universal" else prepared.task
     lookup = {item: i + 1 for i, item in enumerate(prepared.items)}
     since = prepared.data_window["since_ts"]
+    until = prepared.data_window["until_ts"]
     max_len = prepared.model_config.max_len
 
     def windows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         seqs = []
-        for items, ts, n in zip(batch["item_ids"], batch["ts"], batch["train_len"], strict=True):
+        for items, ts in zip(batch["item_ids"], batch["ts"], strict=True):
+            if until is not None:
+                keep = int(np.searchsorted(np.asarray(ts), until))  # events before the cycle boundary
+                items, ts = items[:keep], ts[:keep]
             if since is not None and (len(ts) == 0 or int(ts[-1]) <= since):
                 continue  # no new events for this user since the parent version
+            n = len(items) - 2 if len(items) >= 3 else len(items)  # leave-one-out: as with_split
             if n >= 2:
                 seqs.append(np.fromiter((lookup[i] for i in items[:n]), dtype=np.int64, count=int(n)))
         window = right_aligned(seqs, max_len + 1) if seqs else np.zeros((0, max_len + 1), dtype=np.int64)
@@ -388,7 +425,8 @@ class TrainingRun:
 
 
 def run_training(config: PreciseConfig, kind: str, full: bool = False, num_workers: int | None = None,
-                 storage_path: str | None = None) -> TrainingRun:
+                 storage_path: str | None = None, until_ts: int | None = None,
+                 warm_start: bool = True) -> TrainingRun:
     """Prepare, train with Ray Train (TorchTrainer), register; returns the new version."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -400,7 +438,7 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
     t = config.training
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    prepared = prepare(config, kind, full=full)
+    prepared = prepare(config, kind, full=full, until_ts=until_ts, warm_start=warm_start)
     dataset = training_dataset(config, prepared)
     workers = num_workers or t.num_workers
     loop_config = {

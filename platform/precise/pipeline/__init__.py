@@ -1,0 +1,1 @@
+"""The event-time orchestrator: ingest, universal, targeted (re-warm-started), predict, per cycle."""
