@@ -42,6 +42,7 @@ class ModelConfig:
     shared_negatives: bool = False  # True: one uniform draw per batch shared by all positions (cheaper)
     in_batch_negatives: int = 0  # extra negatives drawn from other sequences' items in the batch
     head_hidden: int | None = None  # targeted MLP hidden width; None: 2 x width
+    head_residual: bool = True  # targeted user = last position + MLP(concat), MLP output zero-init
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:

@@ -3,6 +3,12 @@ mask, user embedding = MLP(concat of all positions' outputs), BPR loss ranking t
 the other users of the batch for the next item (eq. 6). Warm-started from a universal checkpoint:
 every parameter the two share (item encoder incl. token table and MoE, positional embedding,
 blocks) is copied; only the MLP head starts fresh.
+
+`head_residual` (default on) adds the most recent position's output to the MLP's and starts the
+MLP's last layer at zero. A randomly initialised head would map the warm-started encoder's outputs
+to a random user vector and throw the universal model's user tower away on step one; with the
+residual, targeted training starts from the universal user embedding (computed bidirectionally)
+and the MLP learns what the other positions add. `head_residual: false` is the plain MLP.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ class TargetedModel(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(hidden, width),
         )
+        if config.head_residual:
+            # The head's output starts at zero, so user = most recent position's output at first:
+            # a warm-started model begins from the universal user embedding, not a random one.
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def encode(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.items(input_ids) if table is None else table[input_ids]
@@ -52,7 +63,10 @@ class TargetedModel(nn.Module):
         elif input_ids.shape[1] > max_len:
             input_ids = input_ids[:, -max_len:]
         h = self.encode(input_ids, table)
-        return l2_normalize(self.head(h.flatten(1)))
+        user = self.head(h.flatten(1))
+        if self.config.head_residual:
+            user = user + h[:, -1]
+        return l2_normalize(user)
 
     def item_embeddings(self) -> torch.Tensor:
         return l2_normalize(self.items())
