@@ -42,7 +42,8 @@ def test_two_daily_cycles_with_periodic_warmup(kafka_broker, ray_head, tmp_path)
                   "items_topic": f"it-{tag}", "dead_letter_topic": f"ev-{tag}.dlq", "partitions": 2},
         "storage": {"root": str(tmp_path)},
         "ingest": {"dead_letter_topic": False},
-        "sequences": {"max_len": 20, "buckets": 2, "all_scene": {"name": "all", "actions": ["click"]},
+        # stored window (200) longer than the model's (20): earlier cycles are re-cut from it
+        "sequences": {"max_len": 200, "buckets": 2, "all_scene": {"name": "all", "actions": ["click"]},
                       "targets": [{"name": "like", "actions": ["like"]}]},
         "training": {"model": {"fusion": "id", "max_len": 20, "id_dim": 8, "num_layers": 1,
                                "num_negatives": 16},

@@ -9,6 +9,12 @@ the previous version, targeted training is re-warm-started from the new universa
 up, and a cycle report is written. Completed boundaries are recorded atomically, so a restarted
 orchestrator continues with the next cycle. Replaying months of events fast therefore runs
 months of daily cycles in minutes.
+
+Catch-up: when the lake already holds events past several boundaries (a fast replay), each cycle
+is cut from the stored sequences, which keep each user's most recent `sequences.max_len` events;
+a cycle sees the part of that window before its boundary. Keep `sequences.max_len` (storage)
+larger than `training.model.max_len` when replaying, so early cycles still see their history.
+Live, the watermark sits at the boundary and nothing is cut away.
 """
 
 from __future__ import annotations

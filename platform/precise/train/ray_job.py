@@ -199,9 +199,12 @@ def prepare(config: PreciseConfig, kind: str, full: bool = False, until_ts: int 
     root = config.storage.resolved_root()
     registry = ModelRegistry(root)
     spec = config.sequences.all_scene.name if kind == "universal" else t.target
-    sequences = cut_before(read_sequences(root, spec), until_ts)
-    if sequences.num_rows == 0:
+    stored = read_sequences(root, spec)
+    if stored.num_rows == 0:
         raise TrainingError(f"no sequences named {spec!r} under {root}/sequences; run jobs/ingest.py first")
+    sequences = cut_before(stored, until_ts)
+    if sequences.num_rows == 0:
+        raise TrainingError(f"none of the {stored.num_rows} sequences named {spec!r} has events before {until_ts}")
 
     if kind == "universal":
         parent = None if full else registry.latest("universal")
