@@ -116,7 +116,7 @@ class IngestConfig(Section):
     # the ledger advances by the offsets actually seen, so nothing is skipped.
     read_timeout_s: float = Field(60.0, gt=0)
     kafka_timeout_s: float = Field(10.0, gt=0)  # metadata / watermark queries
-    read_num_cpus: float = Field(0.5, gt=0)  # per Ray read task (2-core laptop: keep small)
+    read_num_cpus: float = Field(1.0, gt=0)  # per Ray read+validate task (CPU-bound: one core each)
     max_payload_bytes: int = Field(64 * 1024, ge=64)  # larger records are dead-lettered
     dead_letter_topic: bool = True  # also publish rejects to kafka.dead_letter_topic (at least once)
     retry_backoff_s: float = Field(2.0, gt=0)  # after a failed batch, doubled up to retry_backoff_max_s

@@ -18,6 +18,7 @@ every reader here, and is deleted by the next ingest run before it writes the ra
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ def _dead_letter_files(storage: Storage, topic: str | None) -> list[str]:
 # ---- readers for other stages (training, tools, tests) -------------------------------------------
 
 
-def event_files(root: str | Storage) -> list[str]:
+def event_files(root: str | os.PathLike[str] | Storage) -> list[str]:
     """Paths (on `Storage(root).fs`) of the committed event files, oldest partition ranges first."""
     storage = root if isinstance(root, Storage) else Storage(root)
     ledger = load_ledger(storage)
@@ -200,7 +201,7 @@ def event_files(root: str | Storage) -> list[str]:
     return committed
 
 
-def read_events(root: str | Storage, columns: list[str] | None = None) -> pa.Table:
+def read_events(root: str | os.PathLike[str] | Storage, columns: list[str] | None = None) -> pa.Table:
     """Every committed event (pyarrow; for tools and tests; use `events_dataset` for big lakes)."""
     storage = root if isinstance(root, Storage) else Storage(root)
     files = event_files(storage)
@@ -221,7 +222,7 @@ def events_dataset(root: str, columns: list[str] | None = None) -> Any:
     return ray.data.read_parquet(files, filesystem=storage.fs, columns=columns, partitioning=None)
 
 
-def read_dead_letters(root: str | Storage) -> pa.Table:
+def read_dead_letters(root: str | os.PathLike[str] | Storage) -> pa.Table:
     """Every committed dead-letter record, of both topics."""
     storage = root if isinstance(root, Storage) else Storage(root)
     ledger = load_ledger(storage)
@@ -232,7 +233,7 @@ def read_dead_letters(root: str | Storage) -> pa.Table:
     return pa.concat_tables(tables) if tables else DEAD_LETTER_SCHEMA.empty_table()
 
 
-def read_items(root: str | Storage) -> pa.Table:
+def read_items(root: str | os.PathLike[str] | Storage) -> pa.Table:
     """The item table (latest version of every item seen on the item topic)."""
     storage = root if isinstance(root, Storage) else Storage(root)
     path = Layout(storage).items

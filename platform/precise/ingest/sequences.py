@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -265,13 +266,13 @@ class SequenceBuilder:
 # ---- readers for training ---------------------------------------------------------------------------
 
 
-def sequence_files(root: str | Storage, name: str) -> list[str]:
+def sequence_files(root: str | os.PathLike[str] | Storage, name: str) -> list[str]:
     storage = root if isinstance(root, Storage) else Storage(root)
     return [p for p in storage.list_files(Layout(storage).sequences(name), recursive=False)
             if p.rsplit("/", 1)[-1].startswith("bucket-") and p.endswith(".parquet")]
 
 
-def read_sequences(root: str | Storage, name: str) -> pa.Table:
+def read_sequences(root: str | os.PathLike[str] | Storage, name: str) -> pa.Table:
     """All sequences of spec `name` (pyarrow), sorted by user id."""
     storage = root if isinstance(root, Storage) else Storage(root)
     files = sequence_files(storage, name)

@@ -49,7 +49,8 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
 class Storage:
     """Paths under one root and the few operations the lake needs, all whole-file."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        root = os.fspath(root)
         self.uri = root
         self.fs, self.root = _filesystem(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)

@@ -71,10 +71,10 @@ def reason_kind(reason: str) -> str:
         return "null_bytes"
     if "non-empty" in reason:
         return "empty_id"
+    if "Input should be" in reason:
+        return "wrong_type"
     if reason.startswith(("ts:", "created_ts:")):
         return "invalid_timestamp"
-    if "should be a valid" in reason or "Input should be" in reason:
-        return "wrong_type"
     return "invalid_field"
 
 
