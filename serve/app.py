@@ -3,15 +3,17 @@
     serve run serve.app:app root=/path/to/precise-root task=ml1m
     serve deploy configs/serve.yaml
 
-Three deployments:
-- `Ingress` (FastAPI): validates requests, maps errors to 4xx JSON, owns nothing else; scales
-  with HTTP load.
+Deployments:
 - `Recall`: holds the served embedding snapshot (user vectors + item vectors + FAISS index +
   the embedder of the same model version, one immutable object swapped by reference when a new
-  LATEST appears) and answers every query from one snapshot reference; FAISS searches from
-  concurrent requests are grouped with `@serve.batch`. Scales with query load.
-- `RecentItems`: each user's last N items from the live `behavior-events` stream (one replica:
-  it reads every partition; sharding by partition is the scale-out path).
+  LATEST appears) and answers every query from one snapshot reference; FAISS searches of
+  concurrent requests are grouped with `@serve.batch`. A consumer thread per replica keeps each
+  user's last N items from the live `behavior-events` stream (U2I2I seeds, exclude_seen, users
+  newer than the user snapshot). Autoscaled with query load.
+- `Ingress` (topology `split` only): FastAPI validation and errors in a deployment of its own,
+  forwarding to Recall through a handle. With topology `single` (the default) Recall serves the
+  FastAPI app itself: one actor hop less per request, which on a small machine is most of the
+  latency (see benchmarks/serve.py).
 
 Application arguments (`serve run ... key=value` or `args:` in configs/serve.yaml) are `AppArgs`.
 """
@@ -59,14 +61,20 @@ def _error(status: int, message: str) -> dict[str, Any]:
     return {"_error": status, "message": message}
 
 
-# ---- Recent items -------------------------------------------------------------------------------
+# ---- Recall -------------------------------------------------------------------------------------
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
-class RecentItemsService:
+class RecallCore:
+    """The recall logic of a replica; the deployments below add HTTP (or not) around it."""
+
     def __init__(self, config: dict[str, Any]) -> None:
         cfg = PreciseConfig.model_validate(config)
-        s = cfg.serve
+        self.cfg = s = cfg.serve
+        set_thread_counts(s.recall.threads)
+        self._search_batch.set_max_batch_size(s.batch_max_size)
+        self._search_batch.set_batch_wait_timeout_s(s.batch_wait_s)
+        # Each replica follows the live stream itself: a lookup is a dict access instead of a call
+        # to another deployment on every request (exclude_seen is on by default).
         self.recent = RecentItems(max_users=s.recent_max_users, per_user=s.recent_items)
         self.feed: KafkaRecentFeed | None = None
         if s.recent_enabled:
@@ -74,56 +82,32 @@ class RecentItemsService:
                                         actions=s.recent_actions,
                                         backfill_per_partition=s.recent_backfill_per_partition,
                                         client_options=cfg.kafka.client_options).start()
-
-    async def get(self, user_id: str) -> list[str]:
-        return self.recent.get(user_id)
-
-    async def stats(self) -> dict[str, Any]:
-        return self.feed.stats() if self.feed else {"enabled": False, "users": len(self.recent)}
-
-    def check_health(self) -> None:
-        if self.feed is not None and not self.feed.alive():
-            raise RuntimeError("the recent-items consumer thread has stopped")
-
-    def __del__(self) -> None:
-        if getattr(self, "feed", None) is not None:
-            self.feed.stop(timeout=2)
-
-
-# ---- Recall -------------------------------------------------------------------------------------
-
-
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
-class Recall:
-    def __init__(self, config: dict[str, Any], recent: DeploymentHandle) -> None:
-        cfg = PreciseConfig.model_validate(config)
-        self.cfg = cfg.serve
-        set_thread_counts(self.cfg.recall.threads)
-        self.recent = recent
-        self._search_batch.set_max_batch_size(self.cfg.batch_max_size)
-        self._search_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
-        store = SnapshotStore(cfg.storage.resolved_root(), self.cfg.task)
-        self.watcher = SnapshotWatcher(store, self.cfg.poll_interval_s, self.cfg.embedder_allowed_prefixes).start()
+        store = SnapshotStore(cfg.storage.resolved_root(), s.task)
+        self.watcher = SnapshotWatcher(store, s.poll_interval_s, s.embedder_allowed_prefixes).start()
 
     def check_health(self) -> None:
         if not self.watcher.alive():
             raise RuntimeError("the snapshot watcher thread has stopped")
+        if self.feed is not None and not self.feed.alive():
+            raise RuntimeError("the recent-items consumer thread has stopped")
 
-    def __del__(self) -> None:
+    def _stop(self) -> None:
         if getattr(self, "watcher", None) is not None:
             self.watcher.stop()
+        if getattr(self, "feed", None) is not None:
+            self.feed.stop(timeout=2)
 
     async def version(self) -> dict[str, Any]:
         info = self.watcher.describe()
-        try:
-            info["recent_items"] = await self.recent.stats.remote()
-        except Exception as exc:  # noqa: BLE001 - report, do not fail /v1/version
-            info["recent_items"] = {"error": str(exc)}
+        info["recent_items"] = self.feed.stats() if self.feed else {"enabled": False}
         return info
 
-    # One search call for many concurrent requests: FAISS scans the catalogue once per batch
-    # (a matrix product for exact search). Requests are grouped by the snapshot they hold.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    # One search call for the requests that queued up while the previous batch ran: FAISS scans the
+    # catalogue once per batch (a matrix product for exact search). With batch_wait_s = 0 a lone
+    # request waits for nobody; under load batches form by themselves. Requests are grouped by the
+    # snapshot they hold. The search runs on the event loop: it is short, and a thread hand-off
+    # would cost more than it saves.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _search_batch(self, requests: list[tuple[ServedSnapshot, np.ndarray, int]]
                             ) -> list[tuple[np.ndarray, np.ndarray]]:
         out: list[Any] = [None] * len(requests)
@@ -134,7 +118,7 @@ class Recall:
             snapshot = requests[rows[0]][0]
             k_max = max(requests[n][2] for n in rows)
             queries = np.concatenate([requests[n][1] for n in rows])
-            scores, ids = await asyncio.to_thread(snapshot.search, queries, k_max)
+            scores, ids = snapshot.search(queries, k_max)
             offset = 0
             for n in rows:
                 q, k = len(requests[n][1]), requests[n][2]
@@ -145,8 +129,8 @@ class Recall:
     def _snapshot(self) -> ServedSnapshot | None:
         return self.watcher.current  # read once per request: everything below uses this reference
 
-    async def _recent(self, user_id: str) -> list[str]:
-        return await self.recent.get.remote(user_id)
+    def _recent(self, user_id: str) -> list[str]:
+        return self.recent.get(user_id)  # most recent first
 
     async def _query_vector(self, snapshot: ServedSnapshot, q: dict[str, Any],
                             recent: list[str] | None) -> tuple[np.ndarray, str, list[str]]:
@@ -170,7 +154,7 @@ class Recall:
         try:
             recent = None
             if q.get("user_id") is not None and snapshot.user_vector(q["user_id"]) is None:
-                recent = await self._recent(q["user_id"])
+                recent = self._recent(q["user_id"])
             vector, how, ignored = await self._query_vector(snapshot, q, recent)
         except NotFoundError as exc:
             return _error(404, str(exc))
@@ -205,7 +189,7 @@ class Recall:
         try:
             recent: list[str] = []
             if user_id is not None and (q["exclude_seen"] or snapshot.user_vector(user_id) is None):
-                recent = await self._recent(user_id)
+                recent = self._recent(user_id)
             vector, how, _ = await self._query_vector(snapshot, q, recent)
         except NotFoundError as exc:
             return _error(404, str(exc))
@@ -221,7 +205,7 @@ class Recall:
             return _error(503, "no embedding snapshot is loaded yet")
         k, user_id = q["k"], q.get("user_id")
         if user_id is not None:
-            history = await self._recent(user_id)  # most recent first
+            history = self._recent(user_id)  # most recent first
             if not history:
                 return _error(404, f"user {user_id!r} has no recent events to start U2I2I from")
         else:
@@ -237,7 +221,10 @@ class Recall:
         return {**snapshot.versions(), "items": hits, "k": k, "query": "recent_items", "seeds": seeds}
 
 
-# ---- Ingress ------------------------------------------------------------------------------------
+# ---- HTTP API -----------------------------------------------------------------------------------
+# The routes are plain functions over a "backend": the Recall replica itself (topology `single`:
+# one hop, HTTP straight into the process holding the index) or a handle to the Recall deployment
+# (topology `split`: a separate Ingress deployment scales HTTP work apart from the index).
 
 api = FastAPI(
     title="PRECISE recall service",
@@ -250,6 +237,32 @@ _ERRORS = {400: {"model": ErrorResponse, "description": "body cannot be parsed (
            413: {"model": ErrorResponse, "description": "request body too large"},
            422: {"model": ErrorResponse, "description": "invalid request"},
            503: {"model": ErrorResponse, "description": "no snapshot loaded yet"}}
+
+
+class _Process:
+    """Per-process HTTP state. A replica process hosts one deployment, which sets it at start-up
+    (Serve serves a copy of `api`, so `api.state` would not reach the routes)."""
+
+    backend: Any = None
+    max_body_bytes: int = 1 << 20
+
+
+def _serve_http_from(backend: Any, cfg: Any) -> None:
+    _Process.backend = backend
+    _Process.max_body_bytes = cfg.max_body_bytes
+
+
+class _HandleBackend:
+    """The Recall deployment's methods, called through a handle (topology `split`)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    def __getattr__(self, method: str) -> Any:
+        async def call(*args: Any) -> Any:
+            return await getattr(self.handle, method).remote(*args)
+
+        return call
 
 
 class APIError(Exception):
@@ -282,7 +295,7 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 @api.middleware("http")
 async def _limit_body(request: Request, call_next: Any) -> Any:
-    limit = getattr(api.state, "max_body_bytes", 1 << 20)
+    limit = _Process.max_body_bytes
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         return JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes"})
@@ -295,42 +308,74 @@ def _unwrap(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@api.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def healthz() -> Any:
+    info = await _Process.backend.version()
+    if info.get("snapshot_version") is None:
+        return JSONResponse(status_code=503, content={"status": "waiting", "snapshot_version": None,
+                                                      "detail": info.get("last_error") or "no snapshot yet"})
+    return {"status": "ok", "snapshot_version": info["snapshot_version"]}
+
+
+@api.get("/v1/version", response_model=VersionResponse)
+async def version() -> Any:
+    return await _Process.backend.version()
+
+
+@api.post("/v1/embeddings/users", response_model=VectorResponse, responses=_ERRORS)
+async def user_embedding(body: UserQuery) -> Any:
+    return _unwrap(await _Process.backend.user_embedding(body.model_dump()))
+
+
+@api.post("/v1/embeddings/items", response_model=VectorResponse, responses=_ERRORS)
+async def item_embedding(body: ItemQuery) -> Any:
+    return _unwrap(await _Process.backend.item_embedding(body.model_dump()))
+
+
+@api.post("/v1/recall/u2i", response_model=RecallResponse, responses=_ERRORS)
+async def u2i(body: RecallQuery) -> Any:
+    return _unwrap(await _Process.backend.u2i(body.model_dump()))
+
+
+@api.post("/v1/recall/u2i2i", response_model=RecallResponse, responses=_ERRORS)
+async def u2i2i(body: RecallQuery) -> Any:
+    return _unwrap(await _Process.backend.u2i2i(body.model_dump()))
+
+
+# ---- Deployments --------------------------------------------------------------------------------
+
+
+@serve.deployment(name="Recall", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class RecallHTTP(RecallCore):
+    """Topology `single`: the Recall replica answers HTTP itself."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        _serve_http_from(self, self.cfg)
+
+    async def __del__(self) -> None:
+        self._stop()
+        await super().__del__()  # the ASGI wrapper's lifespan shutdown
+
+
+@serve.deployment(name="Recall", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+class Recall(RecallCore):
+    """Topology `split`: called by the Ingress deployment through a handle."""
+
+    def __del__(self) -> None:
+        self._stop()
+
+
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Ingress:
+    """Topology `split`: HTTP, validation and errors; forwards queries to Recall."""
+
     def __init__(self, config: dict[str, Any], recall: DeploymentHandle) -> None:
         cfg = PreciseConfig.model_validate(config)
         set_thread_counts(cfg.serve.ingress.threads)
-        api.state.max_body_bytes = cfg.serve.max_body_bytes
-        self.recall = recall
-
-    @api.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-    async def healthz(self) -> Any:
-        info = await self.recall.version.remote()
-        if info.get("snapshot_version") is None:
-            return JSONResponse(status_code=503, content={"status": "waiting", "snapshot_version": None,
-                                                          "detail": info.get("last_error") or "no snapshot yet"})
-        return {"status": "ok", "snapshot_version": info["snapshot_version"]}
-
-    @api.get("/v1/version", response_model=VersionResponse)
-    async def version(self) -> Any:
-        return await self.recall.version.remote()
-
-    @api.post("/v1/embeddings/users", response_model=VectorResponse, responses=_ERRORS)
-    async def user_embedding(self, body: UserQuery) -> Any:
-        return _unwrap(await self.recall.user_embedding.remote(body.model_dump()))
-
-    @api.post("/v1/embeddings/items", response_model=VectorResponse, responses=_ERRORS)
-    async def item_embedding(self, body: ItemQuery) -> Any:
-        return _unwrap(await self.recall.item_embedding.remote(body.model_dump()))
-
-    @api.post("/v1/recall/u2i", response_model=RecallResponse, responses=_ERRORS)
-    async def u2i(self, body: RecallQuery) -> Any:
-        return _unwrap(await self.recall.u2i.remote(body.model_dump()))
-
-    @api.post("/v1/recall/u2i2i", response_model=RecallResponse, responses=_ERRORS)
-    async def u2i2i(self, body: RecallQuery) -> Any:
-        return _unwrap(await self.recall.u2i2i.remote(body.model_dump()))
+        _serve_http_from(_HandleBackend(recall), cfg.serve)
 
 
 # ---- Application builder ------------------------------------------------------------------------
@@ -348,6 +393,7 @@ class AppArgs(BaseModel):
     events_topic: str | None = None
     poll_interval_s: float | None = None
     recent_enabled: bool | None = None
+    topology: str | None = None  # serve.topology: single | split
 
 
 def resolve_config(args: dict[str, Any]) -> PreciseConfig:
@@ -365,20 +411,26 @@ def resolve_config(args: dict[str, Any]) -> PreciseConfig:
         cfg.serve.poll_interval_s = a.poll_interval_s
     if a.recent_enabled is not None:
         cfg.serve.recent_enabled = a.recent_enabled
+    if a.topology is not None:
+        cfg.serve.topology = a.topology
     return PreciseConfig.model_validate(cfg.model_dump())  # re-validate the overridden values
 
 
-def _scaling(s: Any) -> dict[str, Any]:
+def _scaling(s: Any, access_log: bool) -> dict[str, Any]:
     return {"autoscaling_config": {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                                    "target_ongoing_requests": s.target_ongoing_requests},
             "max_ongoing_requests": s.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": s.num_cpus}}
+            "ray_actor_options": {"num_cpus": s.num_cpus},
+            # per-request access logs cost CPU on every call; errors are still logged
+            "logging_config": {"enable_access_log": access_log}}
 
 
 def app(args: dict[str, Any]) -> serve.Application:
     """Serve application builder (`serve run serve.app:app key=value ...`)."""
     cfg = resolve_config(args)
     config = cfg.model_dump(mode="json")
-    recent = RecentItemsService.bind(config)
-    recall = Recall.options(**_scaling(cfg.serve.recall)).bind(config, recent)
-    return Ingress.options(**_scaling(cfg.serve.ingress)).bind(config, recall)
+    recall_options = _scaling(cfg.serve.recall, cfg.serve.access_log)
+    if cfg.serve.topology == "single":
+        return RecallHTTP.options(**recall_options).bind(config)
+    recall = Recall.options(**recall_options).bind(config)
+    return Ingress.options(**_scaling(cfg.serve.ingress, cfg.serve.access_log)).bind(config, recall)

@@ -118,7 +118,7 @@ def service(ray_head, kafka_broker, tmp_path_factory):
     if not ray.is_initialized():
         ray.init()
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     serve.run(app({"config": str(config_path)}), name="precise", route_prefix="/")
     svc = Service(f"http://127.0.0.1:{port}", root, config_path, kafka, {ref.version: vecs})
     deadline = time.monotonic() + 60
@@ -391,3 +391,25 @@ def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
                                           "exclude_seen": False}).json()
     assert got["items"][-1]["item_id"] == "cold-1"
     assert [h["item_id"] for h in got["items"]] == [item_ids[i] for i in np.argsort(-scores, kind="stable")[:rank + 1]]
+
+
+def test_split_topology_gives_the_same_answers(service):
+    """The same app with a separate Ingress deployment in front of Recall (serve.topology: split)."""
+    from ray import serve
+
+    from serve.app import app
+
+    version = service.get("/v1/version").json()["snapshot_version"]
+    single = [service.post("/v1/recall/u2i", {"user_id": u, "k": 20, "exclude_seen": False}).json()
+              for u in ("u0", "u3")]
+    serve.run(app({"config": str(service.config_path), "topology": "split"}), name="precise", route_prefix="/")
+    status = serve.status().applications["precise"]
+    assert set(status.deployments) == {"Ingress", "Recall"}
+    service.wait_for_version(version)
+    split = [service.post("/v1/recall/u2i", {"user_id": u, "k": 20, "exclude_seen": False}).json()
+             for u in ("u0", "u3")]
+    for a, b in zip(single, split, strict=True):
+        assert a["snapshot_version"] == b["snapshot_version"] and [h["item_id"] for h in a["items"]] == [
+            h["item_id"] for h in b["items"]]
+    assert service.post("/v1/recall/u2i", {"user_id": "u1", "k": 0}).status_code == 422
+    assert service.post("/v1/recall/u2i", {"user_id": "nobody"}).status_code == 404

@@ -230,11 +230,15 @@ class ServeConfig(Section):
     """The Ray Serve recall service (`serve/app.py`)."""
 
     task: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")  # which snapshot series to serve
+    # single: HTTP straight into the Recall replicas (one hop); split: a separate Ingress
+    # deployment forwards to Recall through a handle (HTTP work scales apart from the index).
+    topology: Literal["single", "split"] = "single"
     poll_interval_s: float = Field(10.0, gt=0)  # how often LATEST is checked
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger requests get 413 (k, ids, text: API limits)
     u2i2i_seeds: int = Field(10, ge=1)  # most recent items whose neighbours U2I2I merges
     batch_max_size: int = Field(32, ge=1)  # @serve.batch of FAISS searches
-    batch_wait_s: float = Field(0.002, ge=0)
+    batch_wait_s: float = Field(0.0, ge=0)  # 0: batch what is queued, never wait for more
+    access_log: bool = False  # Serve's per-request access log lines
     # Recent items per user from the live behaviour stream (U2I2I, exclude_seen, cold users).
     recent_enabled: bool = True
     recent_items: int = Field(50, ge=1)  # last N items per user
