@@ -51,3 +51,30 @@ def publish_random_snapshot(root: str | Path, task: str, *, users: int, items: i
                              index_config=index or IndexConfig(),
                              extra={"sources": {"random_seed": seed}})
     return ref, RandomVectors(user_ids, normalize(user_vectors), item_ids, normalize(item_vectors), table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m precise.predict.demo`: publish a random snapshot to try the service without a model."""
+    import argparse
+    import json
+
+    from precise.config import load_config
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--config", help="platform config (storage.root)")
+    parser.add_argument("--root", help="storage root (default: the config's, else PRECISE_HOME)")
+    parser.add_argument("--task", default="default")
+    parser.add_argument("--users", type=int, default=6040)
+    parser.add_argument("--items", type=int, default=3706)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    root = args.root or load_config(args.config).storage.resolved_root()
+    ref, _ = publish_random_snapshot(root, args.task, users=args.users, items=args.items, dim=args.dim,
+                                     seed=args.seed, model_version=f"random-{args.seed}")
+    print(json.dumps({"task": ref.task, "version": ref.version, "path": str(ref.path)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

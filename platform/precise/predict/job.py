@@ -211,9 +211,13 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
     import ray
     import ray.data
 
+    p = cfg.predict
+    if p.items_from == "parquet" and not p.items_path:
+        raise PredictError("predict.items_from is parquet but predict.items_path is not set")
+    if p.users_from == "parquet" and not p.sequences_path:
+        raise PredictError("predict.users_from is parquet but predict.sequences_path is not set")
     if not ray.is_initialized():
         ray.init()
-    p = cfg.predict
     store = SnapshotStore(cfg.storage.resolved_root(), p.task)
     actor = {"compute": ray.data.ActorPoolStrategy(size=p.num_actors), "batch_size": p.batch_size,
              "batch_format": "pyarrow", "num_cpus": p.actor_num_cpus,
@@ -242,12 +246,18 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
             sequences, user_source = read_sequences(cfg)
             sources.update(user_source)
             if sequences.num_rows:
-                users = ray.data.from_arrow(sequences).map_batches(UserEmbedActor, **actor).materialize()
-                user_version = users.unique("model_version") if users.count() else []
-                if user_version and user_version != [model_version]:
-                    raise PredictError(f"users embedded by model {user_version}, items by {model_version}")
-                users_skipped = sequences.num_rows - users.count()
-                users.drop_columns(["model_version"]).write_parquet(str(writer.users_dir))
+                # One pass; blocks come back one at a time and are written as they arrive, so the
+                # driver never holds every user vector (one Ray Data execution, no extra passes).
+                refs = ray.data.from_arrow(sequences).map_batches(UserEmbedActor, **actor).to_arrow_refs()
+                embedded = 0
+                for part, block_ref in enumerate(refs):
+                    block = ray.get(block_ref)
+                    version = _single_model_version(block, "users")
+                    if version not in (None, model_version):
+                        raise PredictError(f"users embedded by model {version}, items by {model_version}")
+                    writer.write_user_part(block.select(["user_id", "vector"]), part)
+                    embedded += block.num_rows
+                users_skipped = sequences.num_rows - embedded
         try:
             ref = writer.publish(model_version=model_version,
                                  embedder={"import_path": p.embedder.import_path, "kwargs": p.embedder.kwargs},

@@ -193,6 +193,11 @@ class SnapshotWriter:
                                  "vector": vectors_to_arrow(normalize(vectors))}),
                        self.users_dir / f"part-{part:05d}.parquet")
 
+    def write_user_part(self, table: pa.Table, part: int) -> None:
+        """One part of the users from a batch job: `user_id` and already normalised `vector`."""
+        if table.num_rows:
+            pq.write_table(table, self.users_dir / f"part-{part:05d}.parquet")
+
     def reuse_users(self, previous: SnapshotRef) -> None:
         """Carry the user vectors of `previous` over (an items-only cycle of the same model)."""
         for path in sorted((previous.path / USERS).glob("*.parquet")):
@@ -209,6 +214,10 @@ class SnapshotWriter:
         items = self._item_vectors
         user_files = sorted(self.users_dir.glob("*.parquet"))
         num_users = sum(pq.ParquetFile(p).metadata.num_rows for p in user_files)
+        distinct = len(set().union(*(pq.read_table(p, columns=["user_id"]).column("user_id").to_pylist()
+                                     for p in user_files)))
+        if distinct != num_users:
+            raise SnapshotError(f"{num_users - distinct} duplicate user ids across the user files")
         sample = _sample_user_vectors(user_files, index_config.recall_queries)
         if len(sample) and sample.shape[1] != items.shape[1]:
             raise SnapshotError(f"user vectors have dim {sample.shape[1]}, item vectors {items.shape[1]}")
