@@ -293,13 +293,25 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
                                                   "detail": jsonable_encoder(detail)})
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next: Any) -> Any:
-    limit = _Process.max_body_bytes
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        return JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes"})
-    return await call_next(request)
+class _BodyLimit:
+    """413 for a declared body over `max_body_bytes`, before anything reads it. A plain ASGI
+    middleware: Starlette's BaseHTTPMiddleware would add a task group to every request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            limit = _Process.max_body_bytes
+            for name, value in scope["headers"]:
+                if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                    response = JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes"})
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_BodyLimit)
 
 
 def _unwrap(result: dict[str, Any]) -> dict[str, Any]:

@@ -107,6 +107,7 @@ def service(ray_head, kafka_broker, tmp_path_factory):
         "storage": {"root": str(root)},
         "kafka": kafka.model_dump(),
         "serve": {"task": TASK, "poll_interval_s": 0.25, "recent_backfill_per_partition": 1000,
+                  "max_body_bytes": 200_000,
                   "ingress": {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.1},
                   "recall": {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.1}},
         "predict": {"task": TASK, "actor_num_cpus": 0.25, "task_num_cpus": 0.25, "batch_size": 128,
@@ -242,9 +243,10 @@ def test_malformed_and_oversized_bodies(service):
     response = service.session.post(service.url + "/v1/recall/u2i", data=b"{not json", timeout=10,
                                     headers={"content-type": "application/json"})
     assert response.status_code == 422 and "JSON" in response.json()["error"]
-    response = service.session.post(service.url + "/v1/recall/u2i", data=b"x" * ((1 << 20) + 1), timeout=10,
+    response = service.session.post(service.url + "/v1/recall/u2i", data=b"x" * 200_001, timeout=10,
                                     headers={"content-type": "application/json"})
-    assert response.status_code == 413 and "over" in response.json()["error"]
+    assert response.status_code == 413 and response.json()["error"] == "request body over 200000 bytes"
+    assert service.post("/v1/recall/u2i", {"item_ids": ["i1"] * 200, "k": 1}).status_code == 200
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])

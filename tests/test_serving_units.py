@@ -101,3 +101,16 @@ def test_serve_yaml_is_a_valid_serve_config_for_this_app():
     # every deployment the file configures exists in the app the args build
     names = {d.name for d in application.deployments}
     assert names == ({"Recall"} if cfg.serve.topology == "single" else {"Ingress", "Recall"})
+
+
+def test_recent_feed_counts_bad_records_and_filters_actions():
+    from precise.serving.recent import KafkaRecentFeed
+
+    recent = RecentItems(max_users=10, per_user=5)
+    feed = KafkaRecentFeed(recent, "127.0.0.1:1", "t", actions=["like"])  # never started: no broker needed
+    event = {"user_id": "u", "item_id": "a", "ts": 1, "action": "like"}
+    feed._ingest(json.dumps(event).encode())
+    feed._ingest(json.dumps({**event, "item_id": "b", "action": "rate"}).encode())
+    feed._ingest(b"\xff not json")
+    assert recent.get("u") == ["a"]
+    assert (feed.consumed, feed.filtered, feed.invalid) == (1, 1, 1)

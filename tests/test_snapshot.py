@@ -153,3 +153,25 @@ def test_served_snapshot_is_checked_against_its_manifest(tmp_path):
     manifest = dict(ref.manifest, embedder={"import_path": "os:system", "kwargs": {}})
     with pytest.raises(SnapshotError, match="allowed prefix"):
         load_served_snapshot(type(ref)(ref.task, ref.version, ref.path, manifest), ["precise."])
+
+
+def test_watcher_swaps_forward_and_keeps_serving_through_a_broken_snapshot(tmp_path):
+    from precise.serving.swap import SnapshotWatcher
+
+    store = SnapshotStore(tmp_path, "t")
+    watcher = SnapshotWatcher(store, poll_interval_s=3600, allowed_prefixes=["precise."])
+    assert not watcher.poll_once() and watcher.current is None  # nothing published yet: healthz says waiting
+    publish_random_snapshot(tmp_path, "t", users=5, items=20, dim=8, seed=0, model_version="m1")
+    assert watcher.poll_once() and watcher.current.version == "000001"
+    first = watcher.current
+
+    ref2, _ = publish_random_snapshot(tmp_path, "t", users=5, items=20, dim=8, seed=1, model_version="m2")
+    (ref2.path / "index.faiss").write_bytes(b"not an index")  # corrupted after publishing
+    assert not watcher.poll_once()
+    assert watcher.current is first and "000002 not served" in watcher.last_error
+    assert not watcher.poll_once()  # not retried until LATEST moves
+
+    publish_random_snapshot(tmp_path, "t", users=5, items=20, dim=8, seed=2, model_version="m3")
+    assert watcher.poll_once() and watcher.current.version == "000003" and watcher.last_error is None
+    assert first.search(first.item_vectors[:1], 1)[1][0, 0] == 0  # an old reference still answers
+    assert watcher.describe()["swaps"] == 2
