@@ -12,14 +12,14 @@ Deployments:
   newer than the user snapshot). Autoscaled with query load.
 - `Ingress` (topology `split` only): FastAPI validation and errors in a deployment of its own,
   forwarding to Recall through a handle. With topology `single` (the default) Recall serves the
-  FastAPI app itself: one actor hop less per request, which on a small machine is most of the
-  latency (see benchmarks/serve.py).
+  FastAPI app itself: one actor hop less per request (on the 2-core dev machine about 1.6x the
+  throughput of `split`; `python benchmarks/serve.py --topology split` measures it).
 
 Application arguments (`serve run ... key=value` or `args:` in configs/serve.yaml) are `AppArgs`.
 """
 
-# No `from __future__ import annotations` here: FastAPI must see the request body classes themselves,
-# and @serve.ingress moves the route methods out of this module's namespace.
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations to parse bodies, and
+# the app is pickled into the replicas; real classes there, not strings to resolve later.
 import asyncio
 import logging
 from typing import Any
