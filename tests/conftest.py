@@ -8,6 +8,7 @@ cores: torch is kept to them explicitly.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     head.start()
     saved = {k: os.environ.get(k) for k in head.client_env()}
     os.environ.update(head.client_env())
+    if "ray" in sys.modules:
+        # Ray caches its config (token auth mode included) from the environment at import time; a
+        # test that imported ray before this fixture ran would otherwise connect without the token.
+        from ray._raylet import Config
+
+        Config.initialize("")
     yield head
     import ray
 

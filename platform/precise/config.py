@@ -168,6 +168,89 @@ class PipelineConfig(Section):
     poll_interval_s: float = Field(10.0, gt=0)  # --follow: wait between ingest polls
 
 
+class EmbedderConfig(Section):
+    """Which `Embedder` (precise.predict.embedder) turns ids, texts and sequences into vectors.
+
+    `import_path` is `module:Class`; the class is built as `Class(**kwargs)` once per worker.
+    The default reads precomputed vectors from Parquet, so the pipeline runs without a trained model.
+    """
+
+    import_path: str = "precise.predict.embedders:TableEmbedder"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class IndexConfig(Section):
+    """How the item index is built: exact search while the catalogue is small, then approximate."""
+
+    exact_max_items: int = Field(200_000, ge=1)  # flat inner product up to this many items
+    approximate: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = Field(32, ge=4, le=256)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(128, ge=8)
+    ivf_nlist: int | None = Field(None, ge=1)  # default: about 4 * sqrt(items)
+    ivf_nprobe: int = Field(32, ge=1)
+    recall_k: int = Field(10, ge=1, le=1000)  # recall@k of the index against exact search ...
+    recall_queries: int = Field(500, ge=1)  # ... measured on this many sampled queries
+
+
+class PredictConfig(Section):
+    """Batch prediction (`jobs/predict.py`): catalogue + sequences -> an embedding snapshot."""
+
+    task: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    # Items: the compacted `item-catalog` topic (every item, with its text) or a Parquet file.
+    items_from: Literal["kafka", "parquet"] = "kafka"
+    items_path: str | None = None  # Parquet with item_id, text (items_from: parquet)
+    # Users: sequences built from `behavior-events`, or a Parquet file of (user_id, item_ids).
+    users_from: Literal["kafka", "parquet"] = "kafka"
+    sequences_path: str | None = None
+    sequence_actions: list[str] | None = None  # keep only these actions (the task's behaviour)
+    max_sequence_length: int = Field(50, ge=1, le=10_000)
+    batch_size: int = Field(512, ge=1)
+    num_actors: int = Field(1, ge=1)
+    actor_num_cpus: float = Field(1.0, gt=0)  # per embedding actor
+    task_num_cpus: float = Field(1.0, gt=0)  # per Kafka read / parse task
+    threads_per_actor: int = Field(1, ge=1)
+    keep_versions: int = Field(5, ge=2)  # older snapshots are deleted after a publish
+
+
+class DeploymentScaling(Section):
+    """Replica count and size of one Serve deployment (autoscaled between min and max)."""
+
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    num_cpus: float = Field(0.25, ge=0)  # logical CPUs reserved per replica
+    threads: int = Field(1, ge=1)  # torch / FAISS / OpenMP threads per replica
+
+
+class ServeConfig(Section):
+    """The Ray Serve recall service (`serve/app.py`)."""
+
+    task: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")  # which snapshot series to serve
+    # single: HTTP straight into the Recall replicas (one hop); split: a separate Ingress
+    # deployment forwards to Recall through a handle (HTTP work scales apart from the index).
+    topology: Literal["single", "split"] = "single"
+    poll_interval_s: float = Field(10.0, gt=0)  # how often LATEST is checked
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger requests get 413 (k, ids, text: API limits)
+    u2i2i_seeds: int = Field(10, ge=1)  # most recent items whose neighbours U2I2I merges
+    batch_max_size: int = Field(32, ge=1)  # @serve.batch of FAISS searches
+    batch_wait_s: float = Field(0.0, ge=0)  # 0: batch what is queued, never wait for more
+    access_log: bool = False  # Serve's per-request access log lines
+    # Recent items per user from the live behaviour stream (U2I2I, exclude_seen, cold users).
+    recent_enabled: bool = True
+    recent_items: int = Field(50, ge=1)  # last N items per user
+    recent_max_users: int = Field(1_000_000, ge=1)  # LRU bound
+    recent_actions: list[str] | None = None  # only these actions count (None: all)
+    recent_backfill_per_partition: int = Field(100_000, ge=0)  # records re-read at start-up
+    # Embedders are imported by the path a snapshot's manifest names: only from these packages.
+    embedder_allowed_prefixes: list[str] = Field(default_factory=lambda: ["precise."])
+    ingress: DeploymentScaling = Field(default_factory=lambda: DeploymentScaling(max_ongoing_requests=256))
+    recall: DeploymentScaling = Field(default_factory=DeploymentScaling)
+
+
 class PreciseConfig(Section):
     name: str = "default"
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
@@ -178,6 +261,8 @@ class PreciseConfig(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     sequences: SequenceConfig = Field(default_factory=SequenceConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _training_target_is_built(self) -> PreciseConfig:

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from precise.paths import repo_root
 from precise.stack.process import (
     StackError,
     log_tail,
@@ -122,6 +123,11 @@ class RayHead:
         env.pop("RAY_ADDRESS")  # the head must not try to join a cluster
         # Job entrypoints say `python ...`: make that the interpreter this platform is installed in.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        if (root := repo_root()) is not None:
+            # `serve deploy configs/serve.yaml` imports `serve.app` in the cluster's workers, which
+            # have no driver to ship code from: put this checkout (and its `precise`) on their path.
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), str(root / "platform"),
+                                                            env.get("PYTHONPATH", "")) if p)
         log_offset = self.log_path.stat().st_size if self.log_path.is_file() else 0
         spawn(cmd, self.log_path, self.pid_path, env=env)
         try:

@@ -1,0 +1,83 @@
+"""Hot swap: follow a task's LATEST pointer and replace the served snapshot by reference.
+
+A daemon thread polls LATEST; when it names a new version, the whole snapshot is loaded and
+checked off to the side while requests keep using the current one, then one attribute assignment
+(atomic in Python) makes it current. Requests that already hold the old reference finish on it. A
+snapshot that fails to load is reported (`last_error`) and not retried until LATEST moves again;
+the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from precise.predict.snapshot import SnapshotError, SnapshotStore
+from precise.serving.state import ServedSnapshot, load_served_snapshot
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotWatcher:
+    def __init__(self, store: SnapshotStore, poll_interval_s: float,
+                 allowed_prefixes: list[str] | None = None) -> None:
+        self.store = store
+        self.poll_interval_s = poll_interval_s
+        self.allowed_prefixes = allowed_prefixes
+        self.current: ServedSnapshot | None = None
+        self.swaps = 0
+        self.last_error: str | None = None
+        self._failed_version: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"snapshot-watcher-{store.task}", daemon=True)
+
+    def start(self) -> SnapshotWatcher:
+        self.poll_once()  # serve the existing LATEST from the first request on
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def poll_once(self) -> bool:
+        """Load LATEST if it is new; True if the served snapshot changed."""
+        version = self.store.latest_version()
+        current = self.current
+        if version is None or version == self._failed_version:
+            return False
+        if current is not None and version <= current.version:
+            return False  # versions only move forward
+        started = time.perf_counter()
+        try:
+            snapshot = load_served_snapshot(self.store.get(version), self.allowed_prefixes)
+        except (SnapshotError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            # RuntimeError: FAISS reading a truncated or foreign index file
+            self._failed_version = version
+            self.last_error = f"snapshot {self.store.task}/{version} not served: {exc}"
+            log.error(self.last_error)
+            return False
+        self.current = snapshot  # the swap: one reference assignment
+        self.swaps += 1
+        self.last_error = None
+        log.info("serving snapshot %s/%s (model %s), loaded in %.2f s", snapshot.task, snapshot.version,
+                 snapshot.model_version, time.perf_counter() - started)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - the watcher must survive anything and say why
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("snapshot watcher error")
+
+    def describe(self) -> dict[str, Any]:
+        current = self.current
+        base: dict[str, Any] = current.describe() if current else {
+            "task": self.store.task, "snapshot_version": None, "model_version": None}
+        return {**base, "swaps": self.swaps, "last_error": self.last_error}

@@ -1,0 +1,1 @@
+"""Ray Serve applications of the platform (`serve run serve.app:app`)."""

@@ -1,0 +1,116 @@
+"""Pure pieces of the recall service: ranking, U2I2I merging, recent items, request schemas, config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from precise.serving.recall import fetch_size, merge_u2i2i, rank_u2i
+from precise.serving.recent import RecentItems, parse_recent_event
+from precise.serving.schemas import MAX_ITEM_IDS, MAX_K, ItemQuery, RecallQuery, UserQuery
+
+ITEMS = ["a", "b", "c", "d", "e"]
+
+
+def test_rank_u2i_excludes_and_drops_padding():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.0])
+    ids = np.array([2, 0, 4, 1, -1])
+    assert rank_u2i(ITEMS, scores, ids, 2, exclude={"c"}) == [
+        {"item_id": "a", "score": 0.8}, {"item_id": "e", "score": 0.7}]
+    assert [h["item_id"] for h in rank_u2i(ITEMS, scores, ids, 10)] == ["c", "a", "e", "b"]
+    assert fetch_size(10, 5, 12) == 12 and fetch_size(10, 0, 100) == 10
+
+
+def test_merge_u2i2i_keeps_best_score_and_skips_seeds():
+    seeds = ["a", "b"]  # most recent first
+    scores = np.array([[1.0, 0.5, 0.4], [1.0, 0.6, 0.4]])
+    ids = np.array([[0, 2, 3], [1, 3, 2]])  # a: a, c, d   b: b, d, c
+    hits = merge_u2i2i(ITEMS, seeds, scores, ids, 5)
+    assert hits == [{"item_id": "d", "score": 0.6, "seed_item_id": "b"},
+                    {"item_id": "c", "score": 0.5, "seed_item_id": "a"}]
+    assert merge_u2i2i(ITEMS, seeds, scores, ids, 5, exclude={"d"}) == [
+        {"item_id": "c", "score": 0.5, "seed_item_id": "a"}]
+
+
+def test_recent_items_order_dedupe_and_bounds():
+    recent = RecentItems(max_users=2, per_user=3)
+    for ts, item in [(1, "a"), (2, "b"), (3, "c"), (5, "a"), (4, "d")]:
+        recent.add("u1", item, ts)
+    assert recent.get("u1") == ["a", "d", "c"]  # newest first, a moved up, b fell off
+    recent.add("u1", "c", 0)  # an older duplicate changes nothing
+    assert recent.get("u1") == ["a", "d", "c"] and recent.get("u1", limit=1) == ["a"]
+    recent.add("u2", "x", 1)
+    recent.add("u1", "y", 9)  # u1 active again: u2 is now the least recently active
+    recent.add("u3", "z", 1)
+    assert recent.get("u2") == [] and recent.get("u1")[0] == "y" and len(recent) == 2
+    assert recent.evicted_users == 1
+
+
+def test_parse_recent_event():
+    good = {"event_id": "e", "user_id": "u", "item_id": "i", "scene": "s", "action": "like", "ts": 5}
+    assert parse_recent_event(json.dumps(good).encode()) == ("u", "i", 5, "like")
+    for bad in [b"{", b"[1]", json.dumps({**good, "ts": "5"}).encode(), json.dumps({**good, "user_id": ""}).encode(),
+                json.dumps({**good, "ts": True}).encode()]:
+        with pytest.raises(ValueError):
+            parse_recent_event(bad)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({}, "exactly one of user_id or item_ids"),
+    ({"user_id": "u", "item_ids": ["a"]}, "exactly one"),
+    ({"user_id": 7}, "valid string"),
+    ({"item_ids": []}, "at least 1 item"),
+    ({"item_ids": ["a"] * (MAX_ITEM_IDS + 1)}, f"at most {MAX_ITEM_IDS} items"),
+    ({"user_id": "u", "k": 0}, "greater than or equal to 1"),
+    ({"user_id": "u", "k": MAX_K + 1}, f"less than or equal to {MAX_K}"),
+    ({"user_id": "u", "k": "10"}, "valid integer"),
+    ({"user_id": "u", "exclude_sen": True}, "Extra inputs are not permitted"),
+])
+def test_recall_query_validation(body, message):
+    with pytest.raises(ValidationError, match=message):
+        RecallQuery.model_validate(body)
+
+
+def test_queries_accept_valid_bodies():
+    assert RecallQuery.model_validate({"user_id": "u"}).k == 10
+    assert UserQuery.model_validate({"item_ids": ["a", "b"]}).item_ids == ["a", "b"]
+    assert ItemQuery.model_validate({"text": "a film"}).item_id is None
+    with pytest.raises(ValidationError, match="give item_id, text, or both"):
+        ItemQuery.model_validate({})
+    with pytest.raises(ValidationError, match="at most 16384 characters"):
+        ItemQuery.model_validate({"text": "x" * 16385})
+
+
+def test_serve_yaml_is_a_valid_serve_config_for_this_app():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import AppArgs, resolve_config
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    (application,) = schema.applications
+    assert application.import_path == "serve.app:app"
+    AppArgs.model_validate(application.args)
+    cfg = resolve_config({**application.args, "root": "/tmp/x"})
+    assert cfg.storage.root == "/tmp/x"
+    # every deployment the file configures exists in the app the args build
+    names = {d.name for d in application.deployments}
+    assert names == ({"Recall"} if cfg.serve.topology == "single" else {"Ingress", "Recall"})
+
+
+def test_recent_feed_counts_bad_records_and_filters_actions():
+    from precise.serving.recent import KafkaRecentFeed
+
+    recent = RecentItems(max_users=10, per_user=5)
+    feed = KafkaRecentFeed(recent, "127.0.0.1:1", "t", actions=["like"])  # never started: no broker needed
+    event = {"user_id": "u", "item_id": "a", "ts": 1, "action": "like"}
+    feed._ingest(json.dumps(event).encode())
+    feed._ingest(json.dumps({**event, "item_id": "b", "action": "rate"}).encode())
+    feed._ingest(b"\xff not json")
+    assert recent.get("u") == ["a"]
+    assert (feed.consumed, feed.filtered, feed.invalid) == (1, 1, 1)
