@@ -70,3 +70,30 @@ def test_universal_then_targeted_with_lineage(lake_config):
     second = run_training(lake_config, "universal", num_workers=1)
     assert second.version.metadata["parent_version"] == "universal/000001"
     assert second.version.metadata["data_window"]["since_ts"] == meta["data_window"]["end_ts"]
+
+
+def test_registry_embedder_serves_the_trained_model(lake_config):
+    """The serving Embedder over the registered model: known items from the trained tower, a new
+    item from its text alone (cold start), users from their sequences."""
+    import numpy as np
+
+    from precise.predict.model_embedder import RegistryEmbedder
+    from precise.train.ray_job import run_training
+
+    root = lake_config.storage.resolved_root()
+    registry = ModelRegistry(root)
+    if registry.latest("targeted", "like") is None:  # this test may run alone
+        run_training(lake_config, "universal")
+        run_training(lake_config, "targeted")
+    embedder = RegistryEmbedder(root, kind="targeted", task="like")
+    assert embedder.model_version == registry.latest("targeted", "like").ref
+    known = embedder.embed_items(["1", "50"], None)
+    assert np.allclose(known[0], embedder.raw_table[embedder.lookup["1"]].numpy())
+    cold = embedder.embed_items(["brand-new"], ["Brand New Movie (2026). Genres: Comedy, Romance"])
+    assert cold.shape == (1, known.shape[1]) and np.isfinite(cold).all() and np.abs(cold).sum() > 0
+    user = embedder.embed_user_sequence(["1", "50", "not-in-vocab", "181"])
+    assert user.shape == (known.shape[1],) and np.isfinite(user).all()
+    with pytest.raises(KeyError, match="no text"):
+        embedder.embed_items(["brand-new"], None)
+    with pytest.raises(KeyError, match="no item of the sequence"):
+        embedder.embed_user_sequence(["nope"])

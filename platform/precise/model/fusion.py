@@ -130,6 +130,21 @@ class ItemEncoder(nn.Module):
         weights = self.gate(mean)  # [n, K], k non-zero
         return torch.einsum("nk,nke->ne", weights, self.experts(tokens, mask))
 
+    def embed_new(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings [n, width] of items the table does not hold (cold start), from their token
+        states already projected to `token_dim` ([n, m, token_dim], mask [n, m]): the ID part is
+        zero (no collaborative signal yet), the text part runs the same MoE / pooling."""
+        parts = []
+        if self.config.uses_id:
+            parts.append(torch.zeros(len(tokens), self.config.id_dim, dtype=tokens.dtype, device=tokens.device))
+        if self.config.uses_text:
+            mean = _masked_mean(tokens, mask)
+            if self.config.fusion == "pool":
+                parts.append(self.pool_proj(mean))
+            else:
+                parts.append(torch.einsum("nk,nke->ne", self.gate(mean), self.experts(tokens, mask)))
+        return torch.cat(parts, dim=-1)
+
     def forward(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of `ids` (any shape) or, with `ids=None`, the whole table [n + 1, width].
 

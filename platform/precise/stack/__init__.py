@@ -39,7 +39,10 @@ class LocalStack:
         topics = ensure_topics(self.kafka_config)
         if with_ray:
             self.ray.start()
-        env = {"PRECISE_KAFKA_BOOTSTRAP": self.kafka.bootstrap, **self.ray.client_env()}
+        from precise.paths import precise_home
+
+        env = {"PRECISE_KAFKA_BOOTSTRAP": self.kafka.bootstrap, "PRECISE_HOME": str(precise_home()),
+               **self.ray.client_env()}
         self.env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
         return {"topics": topics, **self.status()}
 

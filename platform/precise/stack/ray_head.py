@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from precise.paths import repo_root
+from precise.paths import precise_home, repo_root
 from precise.stack.process import (
     StackError,
     log_tail,
@@ -121,6 +121,10 @@ class RayHead:
                f"--num-cpus={self.num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
         env = {**os.environ, **self.client_env()}
         env.pop("RAY_ADDRESS")  # the head must not try to join a cluster
+        # Jobs run from a copy of the working dir (`ray job submit --working-dir .`) and Serve
+        # replicas from the head's environment: pin the platform's home so all of them find the
+        # same lake, registry and snapshots as the CLI.
+        env.setdefault("PRECISE_HOME", str(precise_home()))
         # Job entrypoints say `python ...`: make that the interpreter this platform is installed in.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         if (root := repo_root()) is not None:
