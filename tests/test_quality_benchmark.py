@@ -65,3 +65,17 @@ def test_train_speed_benchmark_reports_every_universal_variant(tmp_path, capsys)
     assert set(report["results"]) == {"id_only", "llm_only", "pool", "ut"}
     assert report["results"]["id_only"]["ratio_to_id_only"] == 1.0
     assert all(r["seq_per_s"] > 0 for r in report["results"].values())
+
+
+def test_prepare_tokens_caches_the_table_then_training_reuses_it(tmp_path, capsys):
+    import quality
+
+    config, cache = str(tiny_config(tmp_path)), tmp_path / "tokens"
+    assert quality.main(["--config", config, "--token-cache", str(cache), "--prepare-tokens"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["prepared"] is True
+    (cached,) = cache.glob("ml-100k_hashed_m32_d8.npz")
+    mtime = cached.stat().st_mtime_ns
+    args = ["--config", config, "--token-cache", str(cache), "--results", str(tmp_path), "--variants", "pool"]
+    assert quality.main(args) == 0
+    assert cached.stat().st_mtime_ns == mtime  # read, not rebuilt
+    assert "token table: " in capsys.readouterr().err
