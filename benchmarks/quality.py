@@ -32,7 +32,12 @@ sys.path.insert(0, str(REPO / "platform"))
 
 from precise.data import load_movielens  # noqa: E402
 from precise.model import TARGETED_VARIANTS, UNIVERSAL_VARIANTS, ModelConfig, build_model  # noqa: E402
-from precise.model.text_adapter import load_token_states, token_table  # noqa: E402
+from precise.model.text_adapter import (  # noqa: E402
+    load_token_states,
+    load_token_table,
+    save_token_table,
+    token_table,
+)
 from precise.train.evaluate import (  # noqa: E402
     DEFAULT_KS,
     cold_items,
@@ -91,9 +96,19 @@ def _mean_results(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_quality(
-    config: dict[str, Any], device: str = "cpu", amp: str | None = None, log: Any = print
+    config: dict[str, Any],
+    device: str = "cpu",
+    amp: str | None = None,
+    log: Any = print,
+    token_cache: Path | None = None,
+    prepare_only: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate the config's variants; return the JSON-ready report."""
+    """Train and evaluate the config's variants; return the JSON-ready report.
+
+    `token_cache`: a folder where the PCA-projected token table is stored and looked up, so the
+    LLM runs once per (dataset, text model, tokens, width) and the table can be carried to another
+    machine. `prepare_only`: build (and cache) the token table, then return before training.
+    """
     started = time.perf_counter()
     seq_cfg, target_cfg = config["sequence"], config["target"]
     max_len, target_len = int(seq_cfg["max_len"]), int(target_cfg.get("max_len", seq_cfg["max_len"]))
@@ -120,12 +135,28 @@ def run_quality(
     tokens = None
     if needs_text:
         text = config["text"]
-        texts = dict(zip(dataset.items["item_id"], dataset.items["text"], strict=True))
-        t0 = time.perf_counter()
-        states = load_token_states(texts, text["model"], int(text.get("max_tokens", 32)))
-        tokens = token_table(states, index.item_ids, base.token_dim)
-        log(f"token states: {states.model}, {states.states.shape} -> table {tokens[0].shape} "
-            f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+        max_tokens = int(text.get("max_tokens", 32))
+        cached = None
+        if token_cache is not None:
+            cache_file = (
+                token_cache / f"{config['dataset']}_{text['model']}_m{max_tokens}_d{base.token_dim}.npz"
+            )
+            cached = load_token_table(cache_file, index.item_ids)
+        if cached is not None:
+            tokens = cached[:2]
+            log(f"token table: {cache_file} ({cached[2]}, {tokens[0].shape})")
+        else:
+            texts = dict(zip(dataset.items["item_id"], dataset.items["text"], strict=True))
+            t0 = time.perf_counter()
+            states = load_token_states(texts, text["model"], max_tokens)
+            tokens = token_table(states, index.item_ids, base.token_dim)
+            log(f"token states: {states.model}, {states.states.shape} -> table {tokens[0].shape} "
+                f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+            if token_cache is not None:
+                save_token_table(cache_file, *tokens, index.item_ids, states.model)
+                log(f"token table saved to {cache_file}")
+    if prepare_only:
+        return {"benchmark": "quality", "dataset": config["dataset"], "prepared": tokens is not None}
 
     def evaluate(model: torch.nn.Module, data: Any) -> dict[str, Any]:
         return evaluate_model(model, data, cold, ks, batch_users, device).as_dict()
@@ -284,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help="comma-separated subset of the config's variants")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--token-cache", type=Path, help="folder to keep/find the projected token table")
+    parser.add_argument("--prepare-tokens", action="store_true", help="only build the token table (cache)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -299,7 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants:
         config["variants"] = [v for v in config["variants"] if v in args.variants.split(",")]
 
-    report = run_quality(config, device=args.device, amp=args.amp, log=lambda s: print(s, file=sys.stderr))
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.prepare_tokens and args.token_cache is None:
+        parser.error("--prepare-tokens needs --token-cache")
+    report = run_quality(config, args.device, args.amp, log, args.token_cache, args.prepare_tokens)
+    if args.prepare_tokens:
+        print(json.dumps(report))
+        return 0
     report["config"] = str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
     stem = f"quality_{config['dataset']}{'_quick' if path == QUICK_CONFIG else ''}"
     plot = args.results / f"{stem}.png"

@@ -54,3 +54,28 @@ def test_quality_benchmark_contract(tmp_path, capsys):
         assert result["R@10"] <= result["R@30"] <= result["R@50"]
     assert report["results"]["tt"]["users"] == report["results"]["ut_target"]["users"]
     assert Path(report["plot"]).is_file()
+
+
+def test_train_speed_benchmark_reports_every_universal_variant(tmp_path, capsys):
+    import train_speed
+
+    args = ["--config", str(tiny_config(tmp_path)), "--steps", "1"]
+    assert train_speed.main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["results"]) == {"id_only", "llm_only", "pool", "ut"}
+    assert report["results"]["id_only"]["ratio_to_id_only"] == 1.0
+    assert all(r["seq_per_s"] > 0 for r in report["results"].values())
+
+
+def test_prepare_tokens_caches_the_table_then_training_reuses_it(tmp_path, capsys):
+    import quality
+
+    config, cache = str(tiny_config(tmp_path)), tmp_path / "tokens"
+    assert quality.main(["--config", config, "--token-cache", str(cache), "--prepare-tokens"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["prepared"] is True
+    (cached,) = cache.glob("ml-100k_hashed_m32_d8.npz")
+    mtime = cached.stat().st_mtime_ns
+    args = ["--config", config, "--token-cache", str(cache), "--results", str(tmp_path), "--variants", "pool"]
+    assert quality.main(args) == 0
+    assert cached.stat().st_mtime_ns == mtime  # read, not rebuilt
+    assert "token table: " in capsys.readouterr().err

@@ -34,3 +34,17 @@ def test_token_table_projects_and_lays_out_by_item_index():
     valid = table[table_mask & np.abs(table).sum(-1).astype(bool)]
     assert abs(float(np.sqrt((valid**2).mean())) - 1.0) < 0.3  # unit RMS scale
     assert np.isfinite(table).all()
+
+
+def test_token_table_cache_round_trip_and_item_check(tmp_path):
+    from precise.model.text_adapter import load_token_table, save_token_table
+
+    emb = hashed_token_embeddings({"a": "one two", "b": "three"}, max_tokens=3, dim=8)
+    table, mask = token_table(emb, ["a", "b"], token_dim=4)
+    path = tmp_path / "cache" / "t.npz"
+    save_token_table(path, table, mask, ["a", "b"], emb.model)
+    loaded_table, loaded_mask, model = load_token_table(path, ["a", "b"])
+    assert model == "hashed" and np.array_equal(loaded_mask, mask)
+    assert np.allclose(loaded_table, table, atol=1e-2) and loaded_table.dtype == np.float32
+    assert load_token_table(path, ["b", "a"]) is None  # another item order is another table
+    assert load_token_table(tmp_path / "missing.npz", ["a", "b"]) is None
