@@ -24,7 +24,7 @@ from precise.ingest.lake import (
 )
 from precise.ingest.sequences import collapse, explode, select_events, with_split
 from precise.ingest.storage import TMP_PREFIX, Storage
-from precise.ingest.validate import REASON_KINDS, parse_event_fast, validate_records
+from precise.ingest.validate import REASON_KINDS, parse_event_fast, reason_kind, validate_records
 
 NOW_MS = int(time.time() * 1000)
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "scene": "family", "action": "rate",
@@ -87,6 +87,16 @@ def test_validate_records_classifies_every_kind_and_keeps_valid_fields():
     assert set(kinds) <= set(REASON_KINDS)
 
 
+@pytest.mark.parametrize(("changes", "kind"), [
+    ({"ts": "1700000000000"}, "wrong_type"), ({"ts": 1.5}, "wrong_type"), ({"ts": 0}, "invalid_timestamp"),
+    ({"scene": ""}, "empty_id"), ({"value": "high"}, "wrong_type"), ({"event_id": "x" * 600}, "invalid_field"),
+])
+def test_reason_kinds_of_field_errors(changes, kind):
+    with pytest.raises(InvalidEventError) as error:
+        parse_event(_event(**changes), DEFAULT_ACTIONS)
+    assert reason_kind(error.value.reason) == kind, error.value.reason
+
+
 @pytest.mark.parametrize("raw", [_event(), _event(value=...), _event(value=3), _event(extra=[1, None]),
                                  b'{"event_id":"a","user_id":"u","item_id":"i","scene":"s","action":"like",'
                                  b'"ts":1700000000000,"value":NaN}',
@@ -134,7 +144,7 @@ def test_storage_writes_whole_files_and_replaces(tmp_path):
     assert pa.parquet.read_table(path).column("x").to_pylist() == [3]
     assert storage.list_files(storage.path("a")) == [path]
     assert storage.list_files(storage.path("missing")) == []
-    with storage.exclusive(storage.path("lock")), pytest.raises(RuntimeError, match="another ingest job"):
+    with storage.exclusive(storage.path("lock")), pytest.raises(RuntimeError, match="held by another process"):
         with storage.exclusive(storage.path("lock")):
             pass
 

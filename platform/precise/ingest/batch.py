@@ -346,7 +346,7 @@ class Ingestor:
                 self.storage.write_parquet(self.layout.dead_letter_file(topic, part, start, stop), rows,
                                            durable=False)
                 files += 1
-        if dead_letters.num_rows and self.settings.dead_letter_topic:
+        if dead_letters.num_rows and self.settings.publish_dead_letters:
             if self._publisher is None:
                 self._publisher = DeadLetterPublisher(self.kafka, self.settings)
             self._publisher.publish(dead_letters.to_pylist())
