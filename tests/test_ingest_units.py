@@ -11,6 +11,7 @@ import pytest
 
 from precise.config import ConfigError, PreciseConfig, load_config
 from precise.events.schema import DEFAULT_ACTIONS, InvalidEventError, parse_event
+from precise.ingest.batch import PartitionRange, settle
 from precise.ingest.faults import Faults
 from precise.ingest.items import item_rows, merge_items
 from precise.ingest.lake import (
@@ -237,3 +238,16 @@ def test_ingest_and_sequence_config(tmp_path):
     path.write_text("ingest:\n  max_payload_bytes: 10\n")
     with pytest.raises(ConfigError, match="ingest.max_payload_bytes"):
         load_config(path)
+
+
+def test_settle_covers_only_the_offsets_actually_read():
+    rows = [("ev", 0, o) for o in (12, 10, 11, 14)] + [("ev", 0, 30), ("ev", 2, 0), ("it", 1, 7)]
+    validated = pa.table({"topic": [t for t, _, _ in rows], "partition": pa.array([p for _, p, _ in rows], pa.int32()),
+                          "offset": pa.array([o for _, _, o in rows], pa.int64())})
+    planned = [PartitionRange("ev", 0, 10, 30),  # a read that timed out after offset 14
+               PartitionRange("ev", 1, 0, 5),  # a read that returned nothing
+               PartitionRange("it", 1, 7, 8)]
+    covered, kept = settle(validated, planned)
+    assert covered == {("ev", 0): (10, 15), ("it", 1): (7, 8)}
+    assert list(zip(kept.column("topic").to_pylist(), kept.column("offset").to_pylist(), strict=True)) == [
+        ("ev", 10), ("ev", 11), ("ev", 12), ("ev", 14), ("it", 7)]  # outside the plan: dropped, read again later
