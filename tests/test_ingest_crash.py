@@ -1,12 +1,12 @@
 """Crash safety: SIGKILL the continuous ingest job again and again while events keep arriving.
 
-Ten runs of `jobs/ingest.py` (each a fresh driver on the test Ray cluster): six die at a fault
-point (PRECISE_INGEST_CRASH_AT: before writing, after the first file, after all data but before the
-ledger, right after the ledger), four are SIGKILLed at a random moment after their first commit.
-Small batches make every run cover several batches. A last `--once` run drains the topic; the lake
-must then hold exactly the produced event ids, each once; every producer retry (the same event sent
-twice) must be one dead letter; the item table must show each item's latest text; nothing
-uncommitted may remain.
+Ten runs of `jobs/ingest.py` (thirty in the slow variant), each a fresh driver on the test Ray
+cluster: six die at a fault point (PRECISE_INGEST_CRASH_AT: before writing, after the first file,
+after all data but before the ledger, right after the ledger), the others are SIGKILLed at a random
+moment after their first commit. Small batches make every run cover several batches. A last
+`--once` run drains the topic; the lake must then hold exactly the produced event ids, each once;
+every producer retry (the same event sent twice) must be one dead letter; the item table must show
+each item's latest text; nothing uncommitted may remain.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from precise.ingest.lake import read_dead_letters, read_events, read_items
 
 pytestmark = pytest.mark.integration
 FAULTS = ["before_write:1", "mid_write:1", "before_ledger:1", "after_ledger:1", "mid_write:2", "before_ledger:3"]
-RANDOM_KILLS = 4
 
 
 class StreamProducer(threading.Thread):
@@ -69,7 +68,8 @@ class StreamProducer(threading.Thread):
             self.error = exc
 
 
-def test_killed_ingest_never_loses_or_duplicates(kafka_config, ray_head, tmp_path):
+@pytest.mark.parametrize("random_kills", [4, pytest.param(24, marks=pytest.mark.slow)])
+def test_killed_ingest_never_loses_or_duplicates(kafka_config, ray_head, tmp_path, random_kills):
     ensure_topics(kafka_config)
     root = tmp_path / "precise"
     config = write_config(tmp_path / "ingest.yaml", kafka_config, root,
@@ -79,7 +79,7 @@ def test_killed_ingest_never_loses_or_duplicates(kafka_config, ray_head, tmp_pat
     producer.start()
     outcomes = []
     try:
-        for run in range(len(FAULTS) + RANDOM_KILLS):
+        for run in range(len(FAULTS) + random_kills):
             fault = FAULTS[run] if run < len(FAULTS) else ""
             job = JobProcess(config, env={"PRECISE_INGEST_CRASH_AT": fault})
             try:

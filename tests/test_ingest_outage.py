@@ -43,7 +43,8 @@ def test_ingestion_resumes_after_a_broker_outage(ray_head, tmp_path):
         config = write_config(tmp_path / "ingest.yaml", kafka, root,
                               ingest={"read_timeout_s": 5, "kafka_timeout_s": 3, "retry_backoff_max_s": 3})
         job = JobProcess(config)
-        with EventProducer(kafka, delivery_timeout_ms=180_000, request_timeout_ms=10_000) as producer:
+        with EventProducer(kafka, delivery_timeout_ms=180_000, request_timeout_ms=10_000,
+                           reconnect_backoff_max_ms=1_000) as producer:
             before, during, after = _events(0, 1_500), _events(1_500, 500), _events(2_000, 1_500)
             futures = [producer.send_event(e) for e in before]
             producer.flush()

@@ -15,8 +15,8 @@ from precise.data import load_movielens
 from precise.data.movielens import EventDataset
 from precise.events.replay import replay
 from precise.ingest.job import IngestJob, connect_ray
-from precise.ingest.lake import read_dead_letters, read_events, read_items
-from precise.ingest.sequences import read_sequences
+from precise.ingest.lake import events_dataset, read_dead_letters, read_events, read_items
+from precise.ingest.sequences import read_sequences, sequences_dataset
 
 pytestmark = pytest.mark.integration
 MAX_LEN = 50
@@ -101,6 +101,11 @@ def test_ml100k_lake_items_and_sequences_match_pandas(kafka_config, ray_head, tm
     assert not items["deleted"].any()
 
     assert_sequences_equal(root, events)
+    # what training reads, through Ray Data
+    assert events_dataset(root, columns=["event_id", "ts"]).count() == len(events)
+    seqs = sequences_dataset(root, "like")
+    assert seqs.count() == events.loc[events["action"] == "like", "user_id"].nunique()
+    assert set(seqs.schema().names) >= {"user_id", "item_ids", "ts", "train_len", "valid_item", "test_item"}
     rebuilt = {s["name"]: s for s in summary["sequences"]}
     second = events[events["ts"] >= cutoff]
     assert not rebuilt["all"]["full"]

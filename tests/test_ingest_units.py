@@ -11,6 +11,7 @@ import pytest
 
 from precise.config import ConfigError, PreciseConfig, load_config
 from precise.events.schema import DEFAULT_ACTIONS, InvalidEventError, parse_event
+from precise.ingest.batch import PartitionRange, settle
 from precise.ingest.faults import Faults
 from precise.ingest.items import item_rows, merge_items
 from precise.ingest.lake import (
@@ -24,7 +25,7 @@ from precise.ingest.lake import (
 )
 from precise.ingest.sequences import collapse, explode, select_events, with_split
 from precise.ingest.storage import TMP_PREFIX, Storage
-from precise.ingest.validate import REASON_KINDS, parse_event_fast, validate_records
+from precise.ingest.validate import REASON_KINDS, parse_event_fast, reason_kind, validate_records
 
 NOW_MS = int(time.time() * 1000)
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "scene": "family", "action": "rate",
@@ -87,6 +88,16 @@ def test_validate_records_classifies_every_kind_and_keeps_valid_fields():
     assert set(kinds) <= set(REASON_KINDS)
 
 
+@pytest.mark.parametrize(("changes", "kind"), [
+    ({"ts": "1700000000000"}, "wrong_type"), ({"ts": 1.5}, "wrong_type"), ({"ts": 0}, "invalid_timestamp"),
+    ({"scene": ""}, "empty_id"), ({"value": "high"}, "wrong_type"), ({"event_id": "x" * 600}, "invalid_field"),
+])
+def test_reason_kinds_of_field_errors(changes, kind):
+    with pytest.raises(InvalidEventError) as error:
+        parse_event(_event(**changes), DEFAULT_ACTIONS)
+    assert reason_kind(error.value.reason) == kind, error.value.reason
+
+
 @pytest.mark.parametrize("raw", [_event(), _event(value=...), _event(value=3), _event(extra=[1, None]),
                                  b'{"event_id":"a","user_id":"u","item_id":"i","scene":"s","action":"like",'
                                  b'"ts":1700000000000,"value":NaN}',
@@ -134,7 +145,7 @@ def test_storage_writes_whole_files_and_replaces(tmp_path):
     assert pa.parquet.read_table(path).column("x").to_pylist() == [3]
     assert storage.list_files(storage.path("a")) == [path]
     assert storage.list_files(storage.path("missing")) == []
-    with storage.exclusive(storage.path("lock")), pytest.raises(RuntimeError, match="another ingest job"):
+    with storage.exclusive(storage.path("lock")), pytest.raises(RuntimeError, match="held by another process"):
         with storage.exclusive(storage.path("lock")):
             pass
 
@@ -227,3 +238,16 @@ def test_ingest_and_sequence_config(tmp_path):
     path.write_text("ingest:\n  max_payload_bytes: 10\n")
     with pytest.raises(ConfigError, match="ingest.max_payload_bytes"):
         load_config(path)
+
+
+def test_settle_covers_only_the_offsets_actually_read():
+    rows = [("ev", 0, o) for o in (12, 10, 11, 14)] + [("ev", 0, 30), ("ev", 2, 0), ("it", 1, 7)]
+    validated = pa.table({"topic": [t for t, _, _ in rows], "partition": pa.array([p for _, p, _ in rows], pa.int32()),
+                          "offset": pa.array([o for _, _, o in rows], pa.int64())})
+    planned = [PartitionRange("ev", 0, 10, 30),  # a read that timed out after offset 14
+               PartitionRange("ev", 1, 0, 5),  # a read that returned nothing
+               PartitionRange("it", 1, 7, 8)]
+    covered, kept = settle(validated, planned)
+    assert covered == {("ev", 0): (10, 15), ("it", 1): (7, 8)}
+    assert list(zip(kept.column("topic").to_pylist(), kept.column("offset").to_pylist(), strict=True)) == [
+        ("ev", 10), ("ev", 11), ("ev", 12), ("ev", 14), ("it", 7)]  # outside the plan: dropped, read again later

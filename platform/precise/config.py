@@ -118,7 +118,7 @@ class IngestConfig(Section):
     kafka_timeout_s: float = Field(10.0, gt=0)  # metadata / watermark queries
     read_num_cpus: float = Field(1.0, gt=0)  # per Ray read+validate task (CPU-bound: one core each)
     max_payload_bytes: int = Field(64 * 1024, ge=64)  # larger records are dead-lettered
-    dead_letter_topic: bool = True  # also publish rejects to kafka.dead_letter_topic (at least once)
+    publish_dead_letters: bool = True  # also send rejects to kafka.dead_letter_topic (at least once)
     retry_backoff_s: float = Field(2.0, gt=0)  # after a failed batch, doubled up to retry_backoff_max_s
     retry_backoff_max_s: float = Field(30.0, gt=0)
     once_max_failures: int = Field(5, ge=1)  # --once gives up after this many failed attempts in a row

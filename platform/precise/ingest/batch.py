@@ -240,7 +240,7 @@ class Ingestor:
         planned = sum(r.end - r.start for r in todo)
         started = time.monotonic()
         validated = self._read(ranges, todo)
-        covered, validated = self._settle(validated, todo)
+        covered, validated = settle(validated, todo)
         read_s = time.monotonic() - started
         if not covered:  # nothing came back (e.g. every read timed out): try again later
             return BatchResult(planned=planned, caught_up=False, lag=self._lag(highs), read_s=read_s)
@@ -276,23 +276,6 @@ class Ingestor:
 
             return VALIDATED_SCHEMA.empty_table()
         return pa.concat_tables(tables)
-
-    def _settle(self, validated: pa.Table, todo: list[PartitionRange]
-                ) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
-        """Keep the records inside the planned ranges; per partition, the range they cover."""
-        topic, partition, offset = (validated.column(c) for c in ("topic", "partition", "offset"))
-        keep = None
-        covered: dict[tuple[str, int], tuple[int, int]] = {}
-        for r in todo:
-            mask = pc.and_(pc.and_(pc.equal(topic, r.topic), pc.equal(partition, r.partition)),
-                           pc.and_(pc.greater_equal(offset, r.start), pc.less(offset, r.end)))
-            seen = pc.max(pc.filter(offset, mask)).as_py()
-            if seen is not None:
-                covered[(r.topic, r.partition)] = (r.start, seen + 1)
-            keep = mask if keep is None else pc.or_(keep, mask)
-        validated = validated.filter(keep) if keep is not None else validated.slice(0, 0)
-        return covered, validated.sort_by([("topic", "ascending"), ("partition", "ascending"),
-                                           ("offset", "ascending")])
 
     def _split_events(self, rows: pa.Table) -> tuple[pa.Table, pa.Table]:
         """(new valid events, rejects) of the events topic, duplicates turned into rejects."""
@@ -346,7 +329,7 @@ class Ingestor:
                 self.storage.write_parquet(self.layout.dead_letter_file(topic, part, start, stop), rows,
                                            durable=False)
                 files += 1
-        if dead_letters.num_rows and self.settings.dead_letter_topic:
+        if dead_letters.num_rows and self.settings.publish_dead_letters:
             if self._publisher is None:
                 self._publisher = DeadLetterPublisher(self.kafka, self.settings)
             self._publisher.publish(dead_letters.to_pylist())
@@ -402,6 +385,26 @@ class Ingestor:
 
     def _lag(self, highs: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         return {(t, p): max(0, high - (self.ledger.next_offset(t, p) or 0)) for (t, p), high in highs.items()}
+
+
+def settle(validated: pa.Table, todo: list[PartitionRange]) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
+    """Keep the records inside the planned ranges; per partition, the range they actually cover.
+
+    The covered range ends after the greatest offset seen, never at the planned end: Ray's reader
+    returns what it has when its timeout expires. A partition that returned nothing is not covered.
+    """
+    topic, partition, offset = (validated.column(c) for c in ("topic", "partition", "offset"))
+    keep = None
+    covered: dict[tuple[str, int], tuple[int, int]] = {}
+    for r in todo:
+        mask = pc.and_(pc.and_(pc.equal(topic, r.topic), pc.equal(partition, r.partition)),
+                       pc.and_(pc.greater_equal(offset, r.start), pc.less(offset, r.end)))
+        seen = pc.max(pc.filter(offset, mask)).as_py()
+        if seen is not None:
+            covered[(r.topic, r.partition)] = (r.start, seen + 1)
+        keep = mask if keep is None else pc.or_(keep, mask)
+    validated = validated.filter(keep) if keep is not None else validated.slice(0, 0)
+    return covered, validated.sort_by([("topic", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
 
 
 def _dead_letter_table(rejected: pa.Table, now: int) -> pa.Table:

@@ -130,6 +130,7 @@ class IngestJob:
     def _ingestor(self) -> Ingestor:
         from precise.metrics.ingest import IngestMetrics
 
+        connect_ray()  # metrics and Ray Data need the cluster (a no-op when already connected)
         ingestor = Ingestor(self.config, faults=self.faults)
         ingestor.metrics = IngestMetrics()
         return ingestor

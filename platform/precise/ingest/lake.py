@@ -211,15 +211,31 @@ def read_events(root: str | os.PathLike[str] | Storage, columns: list[str] | Non
                             for f in files)
 
 
-def events_dataset(root: str, columns: list[str] | None = None) -> Any:
-    """The committed events as a Ray Dataset (training reads the lake through this)."""
+def events_dataset(root: str | os.PathLike[str], columns: list[str] | None = None, files_per_task: int = 256) -> Any:
+    """The committed events as a Ray Dataset (one block per group of files).
+
+    Not `ray.data.read_parquet(files)`: the lake holds many small files (one per partition, day and
+    batch) and read_parquet's per-file planning took ~45 s for 600 files on a 2-core machine,
+    where reading them with pyarrow inside a few Ray tasks takes about a second.
+    """
     import ray
 
     storage = Storage(root)
     files = event_files(storage)
     if not files:
         return ray.data.from_arrow(EVENT_SCHEMA.empty_table().select(columns or EVENT_SCHEMA.names))
-    return ray.data.read_parquet(files, filesystem=storage.fs, columns=columns, partitioning=None)
+    groups = [files[i:i + files_per_task] for i in range(0, len(files), files_per_task)]
+    return ray.data.from_items([{"files": g} for g in groups], override_num_blocks=len(groups)).map_batches(
+        read_parquet_files, batch_format="pyarrow", batch_size=1,
+        fn_kwargs={"filesystem": storage.fs, "columns": columns})
+
+
+def read_parquet_files(batch: pa.Table, filesystem: Any, columns: list[str] | None) -> pa.Table:
+    """Ray task body: read the files listed in `batch["files"]` with pyarrow (no partition columns)."""
+    import pyarrow.dataset as pads
+
+    files = [path for paths in batch.column("files").to_pylist() for path in paths]
+    return pads.dataset(files, format="parquet", filesystem=filesystem).to_table(columns=columns)
 
 
 def read_dead_letters(root: str | os.PathLike[str] | Storage) -> pa.Table:

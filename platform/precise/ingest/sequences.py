@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from precise.config import PreciseConfig, SequenceSpec
-from precise.ingest.lake import Layout, event_files, load_ledger, parse_range_file_name
+from precise.ingest.lake import Layout, event_files, load_ledger, parse_range_file_name, read_parquet_files
 from precise.ingest.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -144,11 +144,7 @@ def _empty_events() -> pa.Table:
 def _partition_sequences(batch: pa.Table, filesystem: Any, actions: list[str] | None, scenes: list[str] | None,
                          max_len: int) -> pa.Table:
     """Ray task: one Kafka partition's new lake files -> that partition's users' sequences."""
-    import pyarrow.dataset as pads
-
-    files = [path for paths in batch.column("files").to_pylist() for path in paths]
-    events = pads.dataset(files, format="parquet", filesystem=filesystem).to_table(
-        columns=[*_EVENT_COLUMNS, "action", "scene"])
+    events = read_parquet_files(batch, filesystem, [*_EVENT_COLUMNS, "action", "scene"])
     return collapse(select_events(events, actions, scenes), max_len)
 
 

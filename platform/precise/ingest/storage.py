@@ -144,7 +144,8 @@ class Storage:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RuntimeError(f"another ingest job holds {path}; one job per lake at a time") from None
+                raise RuntimeError(f"{path} is held by another process: one ingest job (and one sequence build) "
+                                   f"per lake at a time") from None
             try:
                 yield
             finally:
