@@ -15,8 +15,9 @@ right-aligned index windows by `map_batches`; `get_dataset_shard` splits them ac
 Each worker runs the same `train_step` as the plain loop (`precise.train.loop`), wrapped in DDP
 when there are several workers. Every epoch rank 0 evaluates, writes a checkpoint (safetensors
 weights, optimizer state, progress) and reports; a worker that dies makes Ray Train restart the
-group, and the loop resumes from the last checkpoint. The result is registered in the model
-registry with its lineage.
+group (up to `training.max_failures` times), and the loop resumes from the last checkpoint Ray Train
+registered (one reported moments before the death may not be yet: that epoch is redone). The
+result is registered in the model registry with its lineage.
 """
 
 from __future__ import annotations
@@ -432,7 +433,7 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
                  warm_start: bool = True) -> TrainingRun:
     """Prepare, train with Ray Train (TorchTrainer), register; returns the new version."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     if kind not in ("universal", "targeted"):
@@ -468,7 +469,12 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
         ),
         datasets={"train": dataset},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        # Ray Train V2 (Ray's default) raises once the failure budget is spent, where V1 returned
+        # the error in `result.error`: either way the job reports one TrainingError.
+        raise TrainingError(f"{kind} training failed (after up to {t.max_failures} restarts): {exc}") from exc
     if result.error is not None:
         raise TrainingError(f"{kind} training failed: {result.error}")
     with result.checkpoint.as_directory() as directory:
