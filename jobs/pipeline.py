@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return Pipeline(config, stop=stop).run(follow=args.follow)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines drown the cycle log
     return run_job(__doc__, arguments, body, argv)
 
 
