@@ -28,5 +28,6 @@ def build_model(
     if config.uses_text:
         if token_table is None:
             raise ValueError(f"fusion {config.fusion!r} needs a token table")
-        states, mask = torch.from_numpy(token_table[0]), torch.from_numpy(token_table[1])
+        # Copies: arrays from Ray's object store are read-only, and the model trains the table.
+        states, mask = torch.from_numpy(np.array(token_table[0])), torch.from_numpy(np.array(token_table[1]))
     return MODEL_KINDS[kind](config, states, mask)
