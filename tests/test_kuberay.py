@@ -75,6 +75,10 @@ def ray_manifests() -> list[tuple[str, dict[str, Any]]]:
     return [(f"{name}#{n}", doc) for name, n, doc in manifests() if doc.get("kind") in RAY_KINDS]
 
 
+def named(cases: list[tuple[str, Any]]) -> list[Any]:
+    return [pytest.param(where, value, id=where) for where, value in cases]
+
+
 def cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
     key = {"RayCluster": None, "RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}[doc["kind"]]
     spec = doc["spec"] if key is None else doc["spec"].get(key)
@@ -106,8 +110,7 @@ def test_the_manifests_are_there():
     assert kinds == ["RayCluster", "RayJob", "RayJob", "RayJob", "RayService"]
 
 
-@pytest.mark.parametrize(("where", "doc"), [(f"{name}#{n}", doc) for name, n, doc in manifests()],
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("where", "doc"), named([(f"{name}#{n}", doc) for name, n, doc in manifests()]))
 def test_manifest_header(where, doc):
     assert doc.get("kind"), f"{where}: no kind"
     expected = "ray.io/v1" if doc["kind"] in RAY_KINDS else "v1"
@@ -135,7 +138,7 @@ def _check_pod_template(where: str, template: dict[str, Any], shared: dict[str, 
     assert "/mnt/precise" in mounts, f"{where}: the storage root (PRECISE_ROOT=/mnt/precise) is not mounted"
 
 
-@pytest.mark.parametrize(("where", "doc"), ray_manifests(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("where", "doc"), named(ray_manifests()))
 def test_ray_cluster_fields(where, doc):
     shared: dict[str, set[str]] = {"ConfigMap": set(), "PersistentVolumeClaim": set()}
     for _, _, other in manifests():
@@ -164,8 +167,7 @@ def test_ray_cluster_fields(where, doc):
         _check_pod_template(label, group["template"], shared)
 
 
-@pytest.mark.parametrize(("where", "doc"), [(w, d) for w, d in ray_manifests() if d["kind"] == "RayJob"],
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("where", "doc"), named([(w, d) for w, d in ray_manifests() if d["kind"] == "RayJob"]))
 def test_rayjob_entrypoint_runs_repository_code(where, doc):
     entrypoint = doc["spec"]["entrypoint"]
     scripts = check_command(entrypoint)
@@ -198,12 +200,11 @@ def _site_independent(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@pytest.mark.parametrize(("where", "config"), _serve_configs(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("where", "config"), named(_serve_configs()))
 def test_serve_config_schema_import_path_and_args(where, config):
     from ray.serve.schema import ServeDeploySchema
 
-    ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
-        else ServeDeploySchema.parse_obj(config)
+    ServeDeploySchema.model_validate(config)  # the schema `serve deploy` and KubeRay submit against
     assert config["http_options"]["host"] == "0.0.0.0", f"{where}: the proxy must listen beyond the pod/container"
     if not (REPO / "serve" / "app.py").is_file():
         pytest.skip("serve/app.py is not in this checkout yet (serving stage)")
@@ -222,7 +223,7 @@ def test_serve_config_schema_import_path_and_args(where, config):
         load_config(repo_file(args.config))
 
 
-@pytest.mark.parametrize(("where", "config"), _serve_configs(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("where", "config"), named(_serve_configs()))
 def test_serve_config_matches_the_shipped_one(where, config):
     shipped = REPO / "configs" / "serve.yaml"
     if not shipped.is_file():
@@ -293,7 +294,7 @@ def test_compose_services_images_and_auth():
         assert env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN"), f"{name}: the token must come from the environment"
         home = env["PRECISE_HOME"]
         assert any(v.endswith(f":{home}") for v in service["volumes"]), f"{name}: PRECISE_HOME not on the volume"
-        host, _, port = env["PRECISE_KAFKA_BOOTSTRAP"].partition(":")
+        host, _, port = compose_value(env["PRECISE_KAFKA_BOOTSTRAP"]).partition(":")
         assert host in (services["kafka"].get("hostname"), "kafka")
         assert f"PLAINTEXT://:{port}" in services["kafka"]["environment"]["KAFKA_LISTENERS"].split(","), \
             f"{name}: PRECISE_KAFKA_BOOTSTRAP port {port} is not the broker's PLAINTEXT listener"
