@@ -64,7 +64,7 @@ def bench_config(quick: bool, bootstrap: str, root: str, text_model: str) -> Pre
     raw["kafka"].update(bootstrap_servers=bootstrap, events_topic=f"bench-train-ev-{tag}",
                         items_topic=f"bench-train-it-{tag}", dead_letter_topic=f"bench-train-dlq-{tag}")
     raw["storage"] = {"root": root}
-    raw["ingest"]["dead_letter_topic"] = False  # nothing to measure there; the lake still keeps rejects
+    raw["ingest"]["publish_dead_letters"] = False  # nothing to measure there; the lake still keeps rejects
     raw["training"] = {
         "model": QUICK_MODEL if quick else {},
         "text": {"model": text_model, "max_tokens": 8 if quick else 32},

@@ -41,7 +41,7 @@ def test_two_daily_cycles_with_periodic_warmup(kafka_broker, ray_head, tmp_path)
         "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": f"ev-{tag}",
                   "items_topic": f"it-{tag}", "dead_letter_topic": f"ev-{tag}.dlq", "partitions": 2},
         "storage": {"root": str(tmp_path)},
-        "ingest": {"dead_letter_topic": False},
+        "ingest": {"publish_dead_letters": False},
         # stored window (200) longer than the model's (20): earlier cycles are re-cut from it
         "sequences": {"max_len": 200, "buckets": 2, "all_scene": {"name": "all", "actions": ["click"]},
                       "targets": [{"name": "like", "actions": ["like"]}]},

@@ -25,7 +25,7 @@ def lake_config(kafka_broker, ray_head, tmp_path_factory):
         "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": f"ev-{tag}",
                   "items_topic": f"it-{tag}", "dead_letter_topic": f"ev-{tag}.dlq", "partitions": 2},
         "storage": {"root": str(tmp_path_factory.mktemp("root"))},
-        "ingest": {"dead_letter_topic": False},
+        "ingest": {"publish_dead_letters": False},
         "sequences": {"max_len": 50, "buckets": 2,
                       "targets": [{"name": "like", "actions": ["like"]}]},
         "training": {"model": SMALL_MODEL, "text": {"model": "hashed", "max_tokens": 8},

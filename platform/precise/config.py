@@ -27,30 +27,30 @@ class Section(BaseModel):
 class KafkaConfig(Section):
     """How clients reach Kafka, and the topics of the contracts (DESIGN section 4)."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    events_topic: str = "behavior-events"
-    items_topic: str = "item-catalog"
-    dead_letter_topic: str = "behavior-events.dlq"
-    partitions: int = Field(4, ge=1, le=1024)
+    bootstrap_servers: str = "127.0.0.1:9092"  # brokers, comma-separated host:port
+    events_topic: str = "behavior-events"  # behaviour events, key = user id
+    items_topic: str = "item-catalog"  # item catalogue, key = item id, compacted
+    dead_letter_topic: str = "behavior-events.dlq"  # rejected records, with the reason
+    partitions: int = Field(4, ge=1, le=1024)  # of the events and items topics when the platform creates them
     # Passed through to every client (kafka-python names), e.g. security_protocol, sasl_mechanism,
     # sasl_plain_username, ssl_cafile: how to point the platform at an existing secured cluster.
     client_options: dict[str, Any] = Field(default_factory=dict)
-    allowed_actions: list[str] = Field(default_factory=lambda: list(DEFAULT_ACTIONS))
+    allowed_actions: list[str] = Field(default_factory=lambda: list(DEFAULT_ACTIONS))  # other actions are rejected
 
 
 class LocalKafkaConfig(Section):
-    port: int = 9092
-    controller_port: int = 9093
-    heap: str = "512m"
+    port: int = 9092  # broker listener on 127.0.0.1
+    controller_port: int = 9093  # KRaft controller listener
+    heap: str = "512m"  # broker JVM heap (-Xmx / -Xms)
 
 
 class LocalRayConfig(Section):
-    gcs_port: int = 6379
-    dashboard_port: int = 8265
-    client_port: int = 10001
-    agent_port: int = 52365
-    metrics_port: int = 8090
-    num_cpus: int = Field(2, ge=1)
+    gcs_port: int = 6379  # the head's GCS address (RAY_ADDRESS)
+    dashboard_port: int = 8265  # dashboard and job submission API
+    client_port: int = 10001  # Ray Client server (ray://)
+    agent_port: int = 52365  # dashboard agent
+    metrics_port: int = 8090  # Prometheus metrics (http://127.0.0.1:<port>/metrics)
+    num_cpus: int = Field(2, ge=1)  # logical CPUs the head offers to tasks and actors
 
 
 class StackConfig(Section):
@@ -96,13 +96,13 @@ class TrainingConfig(Section):
     reject unknown keys there before any work starts.
     """
 
-    model: dict[str, Any] = Field(default_factory=dict)
-    universal: dict[str, Any] = Field(default_factory=dict)
-    targeted: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields (section training.model)
+    universal: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields for universal training
+    targeted: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields for targeted training
     target: str = "like"  # the sequence family (sequences.targets[].name) of the targeted task
     text: TextModelConfig = Field(default_factory=TextModelConfig)
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP over gloo on CPU)
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs reserved per Ray Train worker
     threads_per_worker: int = Field(1, ge=1)  # torch threads in each worker
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint
 class IngestConfig(Section):
@@ -120,7 +120,7 @@ class IngestConfig(Section):
     max_payload_bytes: int = Field(64 * 1024, ge=64)  # larger records are dead-lettered
     publish_dead_letters: bool = True  # also send rejects to kafka.dead_letter_topic (at least once)
     retry_backoff_s: float = Field(2.0, gt=0)  # after a failed batch, doubled up to retry_backoff_max_s
-    retry_backoff_max_s: float = Field(30.0, gt=0)
+    retry_backoff_max_s: float = Field(30.0, gt=0)  # the longest wait between retries
     once_max_failures: int = Field(5, ge=1)  # --once gives up after this many failed attempts in a row
     build_sequences: bool = True  # rebuild the touched users' sequences after committed batches
     sequence_min_interval_s: float = Field(0.0, ge=0)  # continuous mode: at most one build per interval
@@ -144,7 +144,7 @@ class SequenceConfig(Section):
     buckets: int = Field(8, ge=1, le=4096)  # output files per sequence (users hashed into them)
     # MovieLens `like` events repeat `rate` ones, so the all-scene sequence keeps `rate` only.
     all_scene: SequenceSpec = Field(default_factory=lambda: SequenceSpec(name="all", actions=["rate"]))
-    targets: list[SequenceSpec] = Field(default_factory=list)
+    targets: list[SequenceSpec] = Field(default_factory=list)  # target-scene / target-behaviour sequences S'_u
 
     @model_validator(mode="after")
     def _unique_names(self) -> SequenceConfig:
@@ -175,20 +175,20 @@ class EmbedderConfig(Section):
     The default reads precomputed vectors from Parquet, so the pipeline runs without a trained model.
     """
 
-    import_path: str = "precise.predict.embedders:TableEmbedder"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    import_path: str = "precise.predict.embedders:TableEmbedder"  # module:Class of the embedder
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the embedder class
 
 
 class IndexConfig(Section):
     """How the item index is built: exact search while the catalogue is small, then approximate."""
 
     exact_max_items: int = Field(200_000, ge=1)  # flat inner product up to this many items
-    approximate: Literal["hnsw", "ivf"] = "hnsw"
-    hnsw_m: int = Field(32, ge=4, le=256)
-    hnsw_ef_construction: int = Field(200, ge=8)
-    hnsw_ef_search: int = Field(128, ge=8)
+    approximate: Literal["hnsw", "ivf"] = "hnsw"  # index type past exact_max_items
+    hnsw_m: int = Field(32, ge=4, le=256)  # HNSW graph neighbours per node (FAISS M)
+    hnsw_ef_construction: int = Field(200, ge=8)  # HNSW build-time search width
+    hnsw_ef_search: int = Field(128, ge=8)  # HNSW query-time search width (recall vs latency)
     ivf_nlist: int | None = Field(None, ge=1)  # default: about 4 * sqrt(items)
-    ivf_nprobe: int = Field(32, ge=1)
+    ivf_nprobe: int = Field(32, ge=1)  # IVF lists scanned per query
     recall_k: int = Field(10, ge=1, le=1000)  # recall@k of the index against exact search ...
     recall_queries: int = Field(500, ge=1)  # ... measured on this many sampled queries
 
@@ -196,7 +196,7 @@ class IndexConfig(Section):
 class PredictConfig(Section):
     """Batch prediction (`jobs/predict.py`): catalogue + sequences -> an embedding snapshot."""
 
-    task: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")  # snapshot series: <root>/embeddings/<task>/
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     # Items: the compacted `item-catalog` topic (every item, with its text) or a Parquet file.
@@ -204,24 +204,24 @@ class PredictConfig(Section):
     items_path: str | None = None  # Parquet with item_id, text (items_from: parquet)
     # Users: sequences built from `behavior-events`, or a Parquet file of (user_id, item_ids).
     users_from: Literal["kafka", "parquet"] = "kafka"
-    sequences_path: str | None = None
+    sequences_path: str | None = None  # Parquet with user_id, item_ids (users_from: parquet)
     sequence_actions: list[str] | None = None  # keep only these actions (the task's behaviour)
-    max_sequence_length: int = Field(50, ge=1, le=10_000)
-    batch_size: int = Field(512, ge=1)
-    num_actors: int = Field(1, ge=1)
+    max_sequence_length: int = Field(50, ge=1, le=10_000)  # most recent items per user sequence
+    batch_size: int = Field(512, ge=1)  # rows per embedding batch (Ray Data map_batches)
+    num_actors: int = Field(1, ge=1)  # embedding actors (Ray Data actor pool size)
     actor_num_cpus: float = Field(1.0, gt=0)  # per embedding actor
     task_num_cpus: float = Field(1.0, gt=0)  # per Kafka read / parse task
-    threads_per_actor: int = Field(1, ge=1)
+    threads_per_actor: int = Field(1, ge=1)  # torch / BLAS threads in each embedding actor
     keep_versions: int = Field(5, ge=2)  # older snapshots are deleted after a publish
 
 
 class DeploymentScaling(Section):
     """Replica count and size of one Serve deployment (autoscaled between min and max)."""
 
-    min_replicas: int = Field(1, ge=1)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(8, gt=0)
-    max_ongoing_requests: int = Field(64, ge=1)
+    min_replicas: int = Field(1, ge=1)  # autoscaling lower bound
+    max_replicas: int = Field(2, ge=1)  # autoscaling upper bound
+    target_ongoing_requests: float = Field(8, gt=0)  # autoscaler target of in-flight requests per replica
+    max_ongoing_requests: int = Field(64, ge=1)  # per replica; more requests queue in the proxy
     num_cpus: float = Field(0.25, ge=0)  # logical CPUs reserved per replica
     threads: int = Field(1, ge=1)  # torch / FAISS / OpenMP threads per replica
 
@@ -252,7 +252,7 @@ class ServeConfig(Section):
 
 
 class PreciseConfig(Section):
-    name: str = "default"
+    name: str = "default"  # a label; recorded with the whole config in each model version's metadata
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)

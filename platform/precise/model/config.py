@@ -26,16 +26,16 @@ TARGETED_VARIANTS = ("tt", "ut_tt")
 class ModelConfig:
     num_items: int  # catalogue size; item indices are 1..num_items, 0 is padding
     max_len: int = 200  # sequence length (positions)
-    fusion: str = "moe"
-    id_dim: int = 50
-    text_dim: int = 50
+    fusion: str = "moe"  # how an item is embedded: id | llm | pool | moe (FUSIONS above)
+    id_dim: int = 50  # width of the item ID embedding
+    text_dim: int = 50  # width of the text part (MoE or mean-pool output)
     token_dim: int = 50  # width of the trainable token table (LLM states projected by PCA)
     num_experts: int = 4  # K attention-pooling experts
     top_k: int = 2  # experts kept by the gate
-    num_layers: int = 2
-    num_heads: int = 1
+    num_layers: int = 2  # Transformer blocks
+    num_heads: int = 1  # attention heads (must divide the width)
     ffn_dim: int | None = None  # None: the model width
-    dropout: float = 0.2
+    dropout: float = 0.2  # dropout rate in the Transformer blocks
     attn_dropout: float | None = None  # dropout on attention weights; None: `dropout`
     temperature: float = 0.05  # logits = cos(user, item) / temperature
     num_negatives: int = 128  # uniform negatives per position (sampled softmax)

@@ -20,17 +20,17 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
+    epochs: int = 10  # passes over the training sequences
+    batch_size: int = 128  # sequences per optimizer step (per Ray Train worker in the jobs)
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
     eval_every: int = 1  # validate every n epochs (and after the last one)
     freeze_tokens_epochs: int = 0  # alternate training: token table frozen for these first epochs
     patience: int | None = None  # stop after this many validations without improvement
     amp: str | None = None  # "bf16": autocast matmuls to bfloat16 (CUDA)
-    grad_clip: float | None = None
-    seed: int = 42
+    grad_clip: float | None = None  # max gradient norm (clip_grad_norm_); None: no clipping
+    seed: int = 42  # torch seed (the jobs add the worker rank)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], **overrides: Any) -> TrainConfig:
