@@ -161,11 +161,28 @@ def run_quality(
     def evaluate(model: torch.nn.Module, data: Any) -> dict[str, Any]:
         return evaluate_model(model, data, cold, ks, batch_users, device).as_dict()
 
-    def train(model: torch.nn.Module, batches: Any, train_cfg: TrainConfig, valid: Any, name: str) -> History:
+    def train(
+        model: torch.nn.Module,
+        batches: Any,
+        train_cfg: TrainConfig,
+        valid: Any,
+        name: str,
+        first: bool = False,
+    ) -> History:
         def validate(m: torch.nn.Module) -> float:
             return evaluate_model(m, valid, None, ks, batch_users, device).metrics["N@10"]
 
-        return fit(model.to(device), batches, train_cfg, validate=validate, device=device, log=log, name=name)
+        model = model.to(device)
+        return fit(
+            model,
+            batches,
+            train_cfg,
+            validate=validate,
+            device=device,
+            log=log,
+            name=name,
+            validate_first=first,
+        )
 
     seeds = [int(s) for s in config["seeds"]]
     per_seed: dict[str, list[dict[str, Any]]] = {}
@@ -193,7 +210,10 @@ def run_quality(
                     per_seed.setdefault("ut_target", []).append(evaluate(model, split.target_test_universal))
             del model
         for name in [v for v in variants if v in TARGETED_VARIANTS]:
-            train_cfg = TrainConfig.from_dict(config["targeted"], seed=seed, amp=amp)
+            # ut_tt fine-tunes a warm start: its own overrides (e.g. a lower lr), and its starting
+            # point is validated too, so fine-tuning that does not help cannot make it worse.
+            overrides = config.get("targeted_warm_start", {}) if name == "ut_tt" else {}
+            train_cfg = TrainConfig.from_dict({**config["targeted"], **overrides}, seed=seed, amp=amp)
             if target_batches is None:
                 target_batches = TargetBatches(split.target_train, target_len, train_cfg.batch_size)
             torch.manual_seed(seed)
@@ -205,7 +225,7 @@ def run_quality(
             if name == "ut_tt":
                 copied = model.warm_start(ut_states["ut"])
                 log(f"[ut_tt] warm-started {len(copied)} tensors from ut")
-            history = train(model, target_batches, train_cfg, split.target_valid, name)
+            history = train(model, target_batches, train_cfg, split.target_valid, name, first=name == "ut_tt")
             training.setdefault(name, []).append(_training_record(history))
             per_seed.setdefault(name, []).append(evaluate(model, split.target_test))
             del model
@@ -231,7 +251,10 @@ def run_quality(
         },
         "epochs": {"universal": tcfg.epochs, "targeted": gcfg.epochs},
         "batch_size": {"universal": tcfg.batch_size, "targeted": gcfg.batch_size},
-        "lr": {"universal": tcfg.lr, "targeted": gcfg.lr},
+        "lr": {
+            "universal": tcfg.lr, "targeted": gcfg.lr,
+            "ut_tt": config.get("targeted_warm_start", {}).get("lr", gcfg.lr),
+        },
         "freeze_tokens_epochs": tcfg.freeze_tokens_epochs,
         "seeds": seeds,
         "model": {k: v for k, v in asdict(base).items() if k not in ("fusion", "num_items")},

@@ -125,9 +125,13 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     log: Callable[[str], None] | None = print,
     name: str = "model",
+    validate_first: bool = False,
 ) -> History:
     """Train for `config.epochs` epochs; keep (and restore at the end) the weights of the epoch
-    with the best validation metric (higher is better) when `validate` is given."""
+    with the best validation metric (higher is better) when `validate` is given.
+
+    `validate_first`: also validate the starting weights (recorded as epoch 0), so that a
+    warm-started model whose fine-tuning does not help falls back to where it started."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = optimizer or make_optimizer(model, config)
@@ -136,6 +140,21 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     since_best = 0
     items = getattr(model, "items", None)
+
+    def consider(epoch: int, metric: float) -> bool:
+        nonlocal best_state
+        history.val_epochs.append(epoch)
+        history.val_metric.append(metric)
+        if metric <= history.best_metric:
+            return False
+        history.best_metric, history.best_epoch = metric, epoch
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+    if validate is not None and validate_first:
+        consider(0, float(validate(model)))
+        if log is not None:
+            log(f"[{name}] epoch 0 (start) val {history.best_metric:.4f}")
     for epoch in range(1, config.epochs + 1):
         if items is not None and hasattr(items, "set_tokens_trainable"):
             items.set_tokens_trainable(epoch > config.freeze_tokens_epochs)
@@ -157,14 +176,8 @@ def fit(
         )
         if validate is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
             metric = float(validate(model))
-            history.val_epochs.append(epoch)
-            history.val_metric.append(metric)
             line += f" val {metric:.4f}"
-            if metric > history.best_metric:
-                history.best_metric, history.best_epoch, since_best = metric, epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                since_best += 1
+            since_best = 0 if consider(epoch, metric) else since_best + 1
         if log is not None:
             log(line)
         if config.patience is not None and since_best >= config.patience:
