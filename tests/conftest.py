@@ -19,9 +19,13 @@ import torch
 from precise.config import KafkaConfig
 from precise.stack import KafkaBroker, RayHead
 from precise.stack.process import free_port
+from precise.stack.ray_head import LOOPBACK_ENV
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray reads this when it is imported, which may happen in a test before `ray_head` runs: set it
+# (single-node, loopback: what every test cluster is) before anything imports ray.
+os.environ.setdefault(LOOPBACK_ENV, "0")
 torch.set_num_threads(2)
 
 
@@ -54,7 +58,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     saved = {k: os.environ.get(k) for k in head.client_env()}
     os.environ.update(head.client_env())
     if "ray" in sys.modules:
-        # Ray caches its config (token auth mode included) from the environment at import time; a
+        # Ray caches its config (token auth mode included) from the environment when imported; a
         # test that imported ray before this fixture ran would otherwise connect without the token.
         from ray._raylet import Config
 
