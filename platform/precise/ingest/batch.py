@@ -49,7 +49,7 @@ from precise.ingest.lake import (
     split_committed,
 )
 from precise.ingest.storage import Storage
-from precise.ingest.validate import validate_records
+from precise.ingest.validate import VALIDATED_SCHEMA, validate_records
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +272,6 @@ class Ingestor:
         )
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         if not tables:
-            from precise.ingest.validate import VALIDATED_SCHEMA
-
             return VALIDATED_SCHEMA.empty_table()
         return pa.concat_tables(tables)
 
