@@ -24,9 +24,11 @@ from precise.train.sequences import right_aligned
 
 
 class RegistryEmbedder:
-    def __init__(self, root: str, kind: str = "targeted", task: str | None = "like",
+    def __init__(self, root: str | None = None, kind: str = "targeted", task: str | None = "like",
                  version: str | None = None) -> None:
-        registry = ModelRegistry(root)
+        from precise.paths import precise_home
+
+        registry = ModelRegistry(root or str(precise_home()))  # default: the platform's storage root
         task = task if kind == "targeted" else None
         model = registry.get(kind, version, task) if version else registry.latest(kind, task)
         if model is None:

@@ -26,4 +26,6 @@ def publish_from_registry(config: PreciseConfig, kind: str = "targeted") -> dict
     cfg = config.model_copy(deep=True)
     if cfg.predict.embedder.import_path == EmbedderConfig().import_path:
         cfg.predict.embedder = registry_embedder_config(config, kind)
+    elif cfg.predict.embedder.import_path == REGISTRY_EMBEDDER:
+        cfg.predict.embedder.kwargs.setdefault("root", config.storage.resolved_root())
     return run_predict(cfg).summary()
