@@ -3,15 +3,28 @@ subset and the protocol; the last stdout line is the JSON; a PNG of the curves i
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def bench(name: str) -> ModuleType:
+    """Import `benchmarks/<name>.py`. benchmarks/ is on sys.path only during the import (and the
+    scripts' own insertions are undone): left there, `benchmarks/serve.py` would shadow the `serve`
+    package for every later test of the session."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("recbole") is None, reason="MovieLens-100k ships in the recbole wheel"
@@ -21,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 def tiny_config(tmp_path: Path) -> Path:
     import yaml
 
-    import quality
+    quality = bench("quality")
 
     config = quality.load_config(quality.QUICK_CONFIG)
     config["sequence"]["max_len"] = 12
@@ -36,7 +49,7 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def test_quality_benchmark_contract(tmp_path, capsys):
-    import quality
+    quality = bench("quality")
 
     assert quality.main(["--config", str(tiny_config(tmp_path)), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -57,7 +70,7 @@ def test_quality_benchmark_contract(tmp_path, capsys):
 
 
 def test_train_speed_benchmark_reports_every_universal_variant(tmp_path, capsys):
-    import train_speed
+    train_speed = bench("train_speed")
 
     args = ["--config", str(tiny_config(tmp_path)), "--steps", "1"]
     assert train_speed.main(args) == 0
@@ -68,7 +81,7 @@ def test_train_speed_benchmark_reports_every_universal_variant(tmp_path, capsys)
 
 
 def test_prepare_tokens_caches_the_table_then_training_reuses_it(tmp_path, capsys):
-    import quality
+    quality = bench("quality")
 
     config, cache = str(tiny_config(tmp_path)), tmp_path / "tokens"
     assert quality.main(["--config", config, "--token-cache", str(cache), "--prepare-tokens"]) == 0
