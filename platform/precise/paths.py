@@ -9,6 +9,7 @@ the current directory: they import this module, which resolves the same home as 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -38,3 +39,24 @@ def cache_dir(name: str) -> Path:
     path = precise_home() / "cache" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a reader (or a crash) sees the old or the new content,
+    never a part: temp file in the same folder, fsync, rename, then fsync the folder so the rename
+    itself survives a crash. Pointers (LATEST), manifests and state files are written this way."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

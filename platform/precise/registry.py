@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from precise.paths import atomic_write_text
+
 KINDS = ("universal", "targeted")
 _WEIGHTS = "model.safetensors"
 _META = "metadata.json"
@@ -46,15 +48,6 @@ class ModelVersion:
     def ref(self) -> str:
         """A printable reference such as `targeted/like/000003`."""
         return "/".join(p for p in (self.kind, self.task, self.version) if p)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class ModelRegistry:
@@ -122,7 +115,7 @@ class ModelRegistry:
             pointer = folder / "LATEST"
             current = pointer.read_text().strip() if pointer.is_file() else ""
             if version > current:
-                _atomic_write(pointer, version)
+                atomic_write_text(pointer, version)
 
     def get(self, kind: str, version: str, task: str | None = None) -> ModelVersion:
         path = self._dir(kind, task) / version

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from precise.config import PreciseConfig
+from precise.paths import atomic_write_text
 from precise.pipeline.exposure import trained_share
 
 log = logging.getLogger(__name__)
@@ -49,12 +48,7 @@ class CycleReport:
 
 def _atomic_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(value, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=2, default=str))
 
 
 class Pipeline:

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from precise.config import IndexConfig
+from precise.paths import atomic_write_text
 from precise.predict.embedders import vectors_from_arrow, vectors_to_arrow
 from precise.predict.index import IndexInfo, build_and_measure, normalize
 
@@ -52,25 +53,6 @@ class SnapshotRef:
     version: str
     path: Path
     manifest: dict[str, Any]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # fsync the folder too, so the rename itself survives a crash
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class SnapshotStore:
@@ -122,7 +104,7 @@ class SnapshotStore:
         while True:
             version = f"{number:06d}"
             manifest = {**manifest, "version": version}
-            _atomic_write(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+            atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
             try:
                 os.rename(staging, self.dir / version)  # fails if a concurrent writer took it
                 break
@@ -137,7 +119,7 @@ class SnapshotStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = self.latest_version() or ""
             if version > current:
-                _atomic_write(self.dir / LATEST, version)
+                atomic_write_text(self.dir / LATEST, version)
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions (never LATEST); returns what was deleted.
