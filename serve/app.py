@@ -22,6 +22,7 @@ Application arguments (`serve run ... key=value` or `args:` in configs/serve.yam
 # the app is pickled into the replicas; real classes there, not strings to resolve later.
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import precise
 from precise.config import PreciseConfig, load_config
+from precise.metrics import best_effort
+from precise.metrics.serve import ServeMetrics
 from precise.predict.embedder import set_thread_counts
 from precise.predict.snapshot import SnapshotStore
 from precise.serving.recall import fetch_size, merge_u2i2i, rank_u2i
@@ -82,8 +85,10 @@ class RecallCore:
                                         actions=s.recent_actions,
                                         backfill_per_partition=s.recent_backfill_per_partition,
                                         client_options=cfg.kafka.client_options).start()
+        self.metrics = ServeMetrics(_routes(), s.task)
         store = SnapshotStore(cfg.storage.resolved_root(), s.task)
-        self.watcher = SnapshotWatcher(store, s.poll_interval_s, s.embedder_allowed_prefixes).start()
+        self.watcher = SnapshotWatcher(store, s.poll_interval_s, s.embedder_allowed_prefixes,
+                                       on_swap=self.metrics.swapped, on_refused=self.metrics.refused).start()
 
     def check_health(self) -> None:
         if not self.watcher.alive():
@@ -245,11 +250,18 @@ class _Process:
 
     backend: Any = None
     max_body_bytes: int = 1 << 20
+    metrics: ServeMetrics | None = None
 
 
-def _serve_http_from(backend: Any, cfg: Any) -> None:
+def _serve_http_from(backend: Any, cfg: Any, metrics: ServeMetrics) -> None:
     _Process.backend = backend
     _Process.max_body_bytes = cfg.max_body_bytes
+    _Process.metrics = metrics
+
+
+def _routes() -> list[str]:
+    # paths of the app's own routes (Serve's ingress adds path-less routers: skipped)
+    return [path for path in (getattr(route, "path", None) for route in api.routes) if path]
 
 
 class _HandleBackend:
@@ -311,7 +323,34 @@ class _BodyLimit:
         await self.app(scope, receive, send)
 
 
+class _RequestMetrics:
+    """Counts every HTTP answer by route and status code and times it to the last body byte.
+    Added last, so it is the outermost layer: 413s and validation errors are counted too."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        metrics = _Process.metrics
+        if scope["type"] != "http" or metrics is None:
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500  # 500 unless a response starts: Serve answers 500
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            best_effort(metrics.request, scope["path"], status, time.perf_counter() - started)
+
+
 api.add_middleware(_BodyLimit)
+api.add_middleware(_RequestMetrics)
 
 
 def _unwrap(result: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +403,7 @@ class RecallHTTP(RecallCore):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        _serve_http_from(self, self.cfg)
+        _serve_http_from(self, self.cfg, self.metrics)
 
     async def __del__(self) -> None:
         self._stop()
@@ -387,7 +426,7 @@ class Ingress:
     def __init__(self, config: dict[str, Any], recall: DeploymentHandle) -> None:
         cfg = PreciseConfig.model_validate(config)
         set_thread_counts(cfg.serve.ingress.threads)
-        _serve_http_from(_HandleBackend(recall), cfg.serve)
+        _serve_http_from(_HandleBackend(recall), cfg.serve, ServeMetrics(_routes(), cfg.serve.task))
 
 
 # ---- Application builder ------------------------------------------------------------------------

@@ -159,7 +159,15 @@ def test_watcher_swaps_forward_and_keeps_serving_through_a_broken_snapshot(tmp_p
     from precise.serving.swap import SnapshotWatcher
 
     store = SnapshotStore(tmp_path, "t")
-    watcher = SnapshotWatcher(store, poll_interval_s=3600, allowed_prefixes=["precise."])
+    seen: list[str] = []  # what the replica's metrics hear of: each swap and each refusal
+
+    def broken_observer(task: str) -> None:
+        seen.append(f"refused {task}")
+        raise RuntimeError("an observer failing must not stop the watcher")
+
+    watcher = SnapshotWatcher(store, poll_interval_s=3600, allowed_prefixes=["precise."],
+                              on_swap=lambda snapshot: seen.append(f"swap {snapshot.version}"),
+                              on_refused=broken_observer)
     assert not watcher.poll_once() and watcher.current is None  # nothing published yet: healthz says waiting
     publish_random_snapshot(tmp_path, "t", users=5, items=20, dim=8, seed=0, model_version="m1")
     assert watcher.poll_once() and watcher.current.version == "000001"
@@ -175,3 +183,4 @@ def test_watcher_swaps_forward_and_keeps_serving_through_a_broken_snapshot(tmp_p
     assert watcher.poll_once() and watcher.current.version == "000003" and watcher.last_error is None
     assert first.search(first.item_vectors[:1], 1)[1][0, 0] == 0  # an old reference still answers
     assert watcher.describe()["swaps"] == 2
+    assert seen == ["swap 000001", "refused t", "swap 000003"]

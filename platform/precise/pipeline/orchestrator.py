@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from precise.config import PreciseConfig
+from precise.metrics import best_effort
+from precise.metrics.pipeline import cycle_finished
 from precise.paths import atomic_write_text
 from precise.pipeline.exposure import trained_share
 
@@ -136,6 +138,7 @@ class Pipeline:
                 state["reports"].append(asdict(report))
                 _atomic_json(self.state_path, state)  # after the cycle's outputs: restart-safe
                 trained += 1
+                best_effort(cycle_finished, report.mode, self.config.training.target, report.seconds, report.exposure)
                 log.info("cycle %d done in %.0f s", report.cycle, report.seconds)
             if not follow or (self.settings.max_cycles and trained >= self.settings.max_cycles):
                 break

@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from precise.config import KafkaConfig, PreciseConfig
+from precise.metrics import best_effort
+from precise.metrics.predict import snapshot_published
 from precise.predict.embedder import load_embedder, set_thread_counts
 from precise.predict.embedders import vectors_from_arrow, vectors_to_arrow
 from precise.predict.index import normalize
@@ -265,6 +267,7 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
                                  extra={"cycle": cycle, "users_skipped": users_skipped, "sources": sources})
         except SnapshotError as exc:
             raise PredictError(str(exc)) from None
+    best_effort(snapshot_published, ref.task, ref.version, ref.manifest)
     pruned = store.prune(p.keep_versions)
     return PredictResult(ref, ref.manifest["num_items"], ref.manifest["num_users"],
                          sources.get("users_reused_from"), pruned)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from precise.predict.snapshot import SnapshotError, SnapshotStore
@@ -22,8 +23,14 @@ log = logging.getLogger(__name__)
 
 class SnapshotWatcher:
     def __init__(self, store: SnapshotStore, poll_interval_s: float,
-                 allowed_prefixes: list[str] | None = None) -> None:
+                 allowed_prefixes: list[str] | None = None,
+                 on_swap: Callable[[ServedSnapshot], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.store = store
+        # observers (the replica's metrics): called after a swap / a refused snapshot; their
+        # errors are logged, never allowed to stop the watcher
+        self.on_swap = on_swap
+        self.on_refused = on_refused
         self.poll_interval_s = poll_interval_s
         self.allowed_prefixes = allowed_prefixes
         self.current: ServedSnapshot | None = None
@@ -60,13 +67,24 @@ class SnapshotWatcher:
             self._failed_version = version
             self.last_error = f"snapshot {self.store.task}/{version} not served: {exc}"
             log.error(self.last_error)
+            self._notify(self.on_refused, self.store.task)
             return False
         self.current = snapshot  # the swap: one reference assignment
         self.swaps += 1
         self.last_error = None
         log.info("serving snapshot %s/%s (model %s), loaded in %.2f s", snapshot.task, snapshot.version,
                  snapshot.model_version, time.perf_counter() - started)
+        self._notify(self.on_swap, snapshot)
         return True
+
+    @staticmethod
+    def _notify(observer: Callable[[Any], None] | None, value: Any) -> None:
+        if observer is None:
+            return
+        try:
+            observer(value)
+        except Exception:  # noqa: BLE001 - an observer must not break serving
+            log.exception("snapshot watcher observer failed")
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_interval_s):

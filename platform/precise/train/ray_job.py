@@ -39,6 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from precise.config import PreciseConfig
+from precise.metrics import best_effort
+from precise.metrics.train import epoch_finished, model_registered
 from precise.model import ModelConfig, build_model
 from precise.model.config import PAD
 from precise.model.text_adapter import TokenProjection, fit_token_projection, load_token_states, token_table
@@ -260,11 +262,16 @@ def prepare(config: PreciseConfig, kind: str, full: bool = False, until_ts: int 
     )
 
 
+def _family(config: PreciseConfig, prepared: Prepared) -> str:
+    """The sequence family a model trains on: the all-scene one (universal) or its task (targeted)."""
+    return config.sequences.all_scene.name if prepared.kind == "universal" else str(prepared.task)
+
+
 def training_dataset(config: PreciseConfig, prepared: Prepared) -> Any:
     """Ray Dataset of right-aligned windows: `input_ids`/`target_ids` (universal) or `seq` (targeted)."""
     from precise.ingest.sequences import sequences_dataset
 
-    spec = config.sequences.all_scene.name if prepared.kind == "universal" else prepared.task
+    spec = _family(config, prepared)
     lookup = {item: i + 1 for i, item in enumerate(prepared.items)}
     since = prepared.data_window["since_ts"]
     until = prepared.data_window["until_ts"]
@@ -406,6 +413,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             result = evaluate_model(model, valid, ks=(10,))
             metrics["val_ndcg_at_10"] = result.metrics["N@10"]
             metrics["val_recall_at_10"] = result.metrics["R@10"]
+        best_effort(epoch_finished, cfg["kind"], cfg["task"], rank, samples, metrics)
+        if rank == 0:
             with tempfile.TemporaryDirectory() as directory:
                 _save_checkpoint(directory, model, optimizer, epoch, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
@@ -447,6 +456,7 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
     workers = num_workers or t.num_workers
     loop_config = {
         "kind": kind,
+        "task": _family(config, prepared),
         "threads": t.threads_per_worker,
         "model_config": asdict(prepared.model_config),
         "train_config": {**asdict(prepared.train_config), "betas": list(prepared.train_config.betas)},
@@ -495,12 +505,13 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
         **prepared.lineage,
     }
     version = ModelRegistry(root).register(kind, state, metadata, task=prepared.task, files=files)
+    best_effort(model_registered, kind, _family(config, prepared), version.ref, result.metrics)
     return TrainingRun(version, dict(result.metrics), time.monotonic() - started)
 
 
 def _sequence_state(root: str, config: PreciseConfig, prepared: Prepared) -> dict[str, Any]:
     """The ledger offsets the training sequences covered (from the sequence builder's state)."""
-    spec = config.sequences.all_scene.name if prepared.kind == "universal" else prepared.task
+    spec = _family(config, prepared)
     path = Path(root) / "sequences" / spec / "_state.json"
     try:
         return json.loads(path.read_text()).get("offsets", {})
