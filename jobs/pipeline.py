@@ -10,13 +10,17 @@ SIGTERM/SIGINT stop it after the step in hand; a restart continues with the next
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
 
 from _common import run_job
+from precise.ingest.batch import LakeError
 from precise.pipeline.orchestrator import Pipeline
+from precise.predict.job import PredictError
+from precise.predict.snapshot import SnapshotError
+from precise.registry import RegistryError
+from precise.train.ray_job import TrainingError, TrainingFailed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, lambda *_: stop.set())
         return Pipeline(config, stop=stop).run(follow=args.follow)
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines drown the cycle log
-    return run_job(__doc__, arguments, body, argv)
+    return run_job(__doc__, arguments, body, argv,
+                   bad_input=(TrainingError, RegistryError, PredictError, SnapshotError),
+                   failures=(TrainingFailed, LakeError))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 
 from _common import run_job
-from precise.train.ray_job import run_training
+from precise.registry import RegistryError
+from precise.train.ray_job import TrainingError, TrainingFailed, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     def body(config, args):  # noqa: ANN001, ANN202
         return run_training(config, "universal", full=args.full, num_workers=args.workers).summary()
 
-    return run_job(__doc__, arguments, body, argv)
+    return run_job(__doc__, arguments, body, argv, bad_input=(TrainingError, RegistryError),
+                   failures=(TrainingFailed,))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ class TrainingError(RuntimeError):
     """A training job that cannot run: the message says what is missing and what to do."""
 
 
+class TrainingFailed(TrainingError):
+    """Training started and failed (the failure budget is spent, or Ray Train returned an error)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Driver side: vocabulary, weights, data
 # --------------------------------------------------------------------------------------------
@@ -484,9 +488,9 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
     except TrainingFailedError as exc:
         # Ray Train V2 (Ray's default) raises once the failure budget is spent, where V1 returned
         # the error in `result.error`: either way the job reports one TrainingError.
-        raise TrainingError(f"{kind} training failed (after up to {t.max_failures} restarts): {exc}") from exc
+        raise TrainingFailed(f"{kind} training failed (after up to {t.max_failures} restarts): {exc}") from exc
     if result.error is not None:
-        raise TrainingError(f"{kind} training failed: {result.error}")
+        raise TrainingFailed(f"{kind} training failed: {result.error}")
     with result.checkpoint.as_directory() as directory:
         state = load_file(os.path.join(directory, "model.safetensors"))
     files = {ITEMS_FILE: json.dumps(prepared.items).encode()}
