@@ -18,12 +18,12 @@ from pathlib import Path
 from precise.paths import cache_dir
 from precise.stack.process import (
     StackError,
-    log_tail,
+    log_size,
     port_in_use,
     recorded_process,
-    spawn,
+    require_free_ports,
+    start_service,
     stop_recorded,
-    wait_until,
 )
 
 KAFKA_VERSION = "4.1.1"
@@ -151,12 +151,9 @@ class KafkaBroker:
         java = shutil.which("java")
         if java is None:
             raise StackError("java is not on PATH; Kafka 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)")
-        for port in (self.port, self.controller_port):
-            if port_in_use(self.host, port):
-                raise StackError(
-                    f"port {self.host}:{port} is already in use by another process; stop it or choose "
-                    f"other Kafka ports (kafka.port / kafka.controller_port in the stack config)"
-                )
+        require_free_ports(self.host, {"Kafka broker": self.port, "Kafka controller": self.controller_port},
+                           "stop it or choose other Kafka ports (kafka.port / kafka.controller_port in the "
+                           "stack config)")
         jars = kafka_jars(self.version)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,15 +173,10 @@ class KafkaBroker:
                f"-Dlog4j2.configurationFile={self.state_dir / 'log4j2.properties'}",
                "-cp", classpath, "kafka.Kafka", str(config)]
         # The log appends across restarts: only lines written after this start count as ready.
-        log_offset = self.log_path.stat().st_size if self.log_path.is_file() else 0
-        spawn(cmd, self.state_dir / "logs" / "stdout.log", self.pid_path)
-        try:
-            wait_until(lambda: self._ready(log_offset), timeout, f"Kafka broker on {self.bootstrap}",
-                       alive=self.running)
-        except StackError as exc:
-            self.stop()
-            raise StackError(f"{exc}\n--- broker log tail ({self.log_path}) ---\n{log_tail(self.log_path)}"
-                             f"\n--- stdout ---\n{log_tail(self.state_dir / 'logs' / 'stdout.log')}") from None
+        log_offset = log_size(self.log_path)
+        stdout_log = self.state_dir / "logs" / "stdout.log"
+        start_service(cmd, f"Kafka broker on {self.bootstrap}", stdout_log, self.pid_path,
+                      lambda: self._ready(log_offset), timeout, logs=[self.log_path, stdout_log])
 
     def _ready(self, log_offset: int) -> bool:
         if not port_in_use(self.host, self.port) or not self.log_path.is_file():

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
@@ -35,11 +36,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def log_tail(path: Path, lines: int = 25) -> str:
+def log_tail(path: Path, lines: int = 25, since: int = 0) -> str:
+    """The last `lines` lines of a log, counting only what was written after byte `since`."""
     if not path.is_file():
         return f"(no log at {path})"
-    text = path.read_text(errors="replace").splitlines()
+    with open(path, "rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace").splitlines()
     return "\n".join(text[-lines:])
+
+
+def log_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def require_free_ports(host: str, ports: Mapping[str, int], hint: str) -> None:
+    """StackError naming the first port in use, and `hint` on how to choose others."""
+    for name, port in ports.items():
+        if port_in_use(host, port):
+            raise StackError(f"{name} port {host}:{port} is already in use by another process; {hint}")
+
+
+def start_service(cmd: list[str], what: str, stdout_log: Path, pid_path: Path, ready: Callable[[], bool],
+                  timeout: float, logs: list[Path], env: dict[str, str] | None = None) -> None:
+    """Spawn a service, wait until `ready()`; if it never is, stop it and raise a StackError with
+    the tail of each of `logs` written by this start (logs append across restarts)."""
+    offsets = {path: log_size(path) for path in logs}
+    spawn(cmd, stdout_log, pid_path, env=env)
+    try:
+        wait_until(ready, timeout, what, alive=lambda: recorded_process(pid_path) is not None)
+    except StackError as exc:
+        stop_recorded(pid_path)
+        tails = "".join(f"\n--- {path} ---\n{log_tail(path, since=offsets[path])}" for path in logs)
+        raise StackError(f"{exc}{tails}") from None
 
 
 def spawn(cmd: list[str], log_path: Path, pid_path: Path, env: dict[str, str] | None = None,
@@ -95,7 +124,7 @@ def stop_recorded(pid_path: Path, timeout: float = 30.0) -> bool:
     return True
 
 
-def wait_until(check: callable, timeout: float, what: str, alive: callable | None = None,
+def wait_until(check: Callable[[], bool], timeout: float, what: str, alive: Callable[[], bool] | None = None,
                interval: float = 0.5) -> None:
     """Poll `check()` until true; raise StackError naming `what` on timeout or if `alive()` fails."""
     deadline = time.monotonic() + timeout

@@ -21,11 +21,10 @@ from precise.paths import precise_home, repo_root
 from precise.stack.process import (
     StackError,
     log_tail,
-    port_in_use,
     recorded_process,
-    spawn,
+    require_free_ports,
+    start_service,
     stop_recorded,
-    wait_until,
 )
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -102,14 +101,10 @@ class RayHead:
         ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
         if ray is None:
             raise StackError("the `ray` command is not installed; run scripts/setup")
-        ports = {"gcs": self.gcs_port, "dashboard": self.dashboard_port, "client": self.client_port,
-                 "dashboard agent": self.agent_port, "metrics": self.metrics_port}
-        for name, port in ports.items():
-            if port_in_use(self.host, port):
-                raise StackError(
-                    f"Ray {name} port {self.host}:{port} is already in use (another Ray? `ray status`); "
-                    f"stop it or set other ports in the stack config"
-                )
+        ports = {"Ray gcs": self.gcs_port, "Ray dashboard": self.dashboard_port, "Ray client": self.client_port,
+                 "Ray dashboard agent": self.agent_port, "Ray metrics": self.metrics_port}
+        require_free_ports(self.host, ports, "another Ray? (`ray status`); stop it or set other ports in the "
+                                             "stack config")
         self.ensure_token()
         temp_dir = self.temp_dir or Path("/tmp") / f"precise-ray-{self.gcs_port}"
         cmd = [ray, "start", "--head", "--block", f"--node-ip-address={self.host}",
@@ -132,16 +127,8 @@ class RayHead:
             # have no driver to ship code from: put this checkout (and its `precise`) on their path.
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), str(root / "platform"),
                                                             env.get("PYTHONPATH", "")) if p)
-        log_offset = self.log_path.stat().st_size if self.log_path.is_file() else 0
-        spawn(cmd, self.log_path, self.pid_path, env=env)
-        try:
-            wait_until(self.dashboard_ready, timeout, f"Ray head on {self.address}", alive=self.running)
-        except StackError as exc:
-            self.stop()
-            with open(self.log_path, "rb") as log:
-                log.seek(log_offset)
-                tail = "\n".join(log.read().decode(errors="replace").splitlines()[-25:])
-            raise StackError(f"{exc}\n--- ray start log tail ({self.log_path}) ---\n{tail}") from None
+        start_service(cmd, f"Ray head on {self.address}", self.log_path, self.pid_path, self.dashboard_ready,
+                      timeout, logs=[self.log_path], env=env)
 
     def dashboard_ready(self) -> bool:
         request = urllib.request.Request(
