@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,34 +15,23 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from precise.config import PreciseConfig
 from precise.data import SyntheticConfig, generate_synthetic
 from precise.events.replay import replay
+from precise.metrics.prometheus import Sample, platform_series, scrape, value
 from precise.stack.process import free_port
 
-Samples = list[tuple[str, dict[str, str], float]]
+
+def metrics_url(ray_head) -> str:
+    return f"http://127.0.0.1:{ray_head.metrics_port}/metrics"
 
 
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-def total(samples: Samples, name: str, **labels: Any) -> float | None:
-    """Sum over every series of `name` whose labels include `labels` (Ray adds WorkerId etc.)."""
-    want = {k: str(v) for k, v in labels.items()}
-    values = [v for n, lab, v in samples if n == name and want.items() <= lab.items()]
-    return sum(values) if values else None
-
-
-def wait_for(port: int, checks: dict[str, Callable[[Samples], bool]], timeout: float = 90) -> Samples:
+def wait_for(url: str, checks: dict[str, Callable[[list[Sample]], bool]], timeout: float = 90) -> list[Sample]:
     """Scrape until every check holds (Ray exports every ~10 s); fail naming the ones that do not."""
     deadline = time.monotonic() + timeout
     while True:
-        samples = scrape(port)
+        samples = scrape(url)
         failing = [name for name, check in checks.items() if not check(samples)]
         if not failing:
             return samples
@@ -110,13 +98,13 @@ def test_pipeline_and_serving_metrics_reach_prometheus(kafka_broker, ray_head, t
         universal, targeted = {"model": "universal", "task": family}, {"model": "targeted", "task": task}
         events_topic, items_topic = config.kafka.events_topic, config.kafka.items_topic
 
-        def equals(name: str, value: float, **labels: Any) -> Callable[[Samples], bool]:
-            return lambda s: total(s, name, **labels) == value
+        def equals(name: str, expected: float, **labels: Any) -> Callable[[list[Sample]], bool]:
+            return lambda s: value(s, name, **labels) == expected
 
-        def within(name: str, low: float, high: float, **labels: Any) -> Callable[[Samples], bool]:
-            return lambda s: (v := total(s, name, **labels)) is not None and math.isfinite(v) and low <= v <= high
+        def within(name: str, low: float, high: float, **labels: Any) -> Callable[[list[Sample]], bool]:
+            return lambda s: (v := value(s, name, **labels)) is not None and math.isfinite(v) and low <= v <= high
 
-        wait_for(ray_head.metrics_port, {
+        samples = wait_for(metrics_url(ray_head), {
             # ingest: exactly what was produced, nothing left behind in Kafka
             "ingested events": equals("ray_precise_ingest_events_ingested_total", len(stream.events),
                                       topic=events_topic),
@@ -154,5 +142,10 @@ def test_pipeline_and_serving_metrics_reach_prometheus(kafka_broker, ray_head, t
             "served model": equals("ray_precise_serve_model_version", 2, task=snapshots, model="targeted"),
             "swaps": equals("ray_precise_serve_snapshot_swaps_total", 1, task=snapshots),
         })
+        # what `precise stack status --metrics` prints: one line per series of the metric's own tags
+        series = platform_series(samples)
+        assert series[f"ray_precise_model_version{{model=targeted,task={task}}}"] == 2
+        assert series[f"ray_precise_serve_request_latency_s_count{{task={snapshots},endpoint=/v1/recall/u2i,"
+                      f"status=200}}"] == 12
     finally:
         serve.shutdown()

@@ -38,6 +38,8 @@ def test_stack_up_down_is_idempotent_and_stops_only_its_own(tmp_path, kafka_brok
         assert pids == (recorded_process(stack.kafka.pid_path).pid, recorded_process(stack.ray.pid_path).pid)
         status = stack.status()
         assert status["kafka"]["running"] and status["ray"]["dashboard_healthy"]
+        assert status["metrics"]["answering"], status["metrics"]
+        assert status["metrics"]["url"] == f"http://127.0.0.1:{config.ray.metrics_port}/metrics"
         # the dashboard requires the token
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(f"{stack.ray.dashboard_url}/api/version", timeout=5)
@@ -81,3 +83,4 @@ def test_cli_status_and_bad_config(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 3  # nothing running
     assert "Kafka  DOWN" in result.stdout and "Ray    DOWN" in result.stdout
+    assert "Metrics http://127.0.0.1:8090/metrics (not answering)" in result.stdout

@@ -42,6 +42,13 @@ def _stack(args: argparse.Namespace) -> int:
             print(f"       error: {k['error']}")
         health = "healthy" if r["dashboard_healthy"] else "not answering"
         print(f"Ray    {'UP  ' if r['running'] else 'DOWN'} {r['address']}  dashboard {r['dashboard']} ({health})")
+        m = status["metrics"]
+        series = m.get("platform_series") or {}
+        state = f"{len(series)} platform series" if m["answering"] else f"not answering {m.get('error', '')}".strip()
+        print(f"Metrics {m['url']} ({state})")
+        if args.metrics:
+            for name, value in series.items():
+                print(f"       {name} {value:g}")
     return 0 if status["kafka"]["running"] else 3
 
 
@@ -53,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("--config", help="YAML config (default: built-in defaults)")
     stack.add_argument("--no-ray", action="store_true", help="up: start Kafka only")
     stack.add_argument("--json", action="store_true", help="status: machine-readable")
+    stack.add_argument("--metrics", action="store_true",
+                       help="status: list the platform's metrics (ray_precise_*) from the Prometheus endpoint")
     stack.set_defaults(func=_stack)
     args = parser.parse_args(argv)
     try:

@@ -59,6 +59,8 @@ class LocalStack:
                     "auth_token_file": str(self.ray.token_path)},
             "env_file": str(self.env_file),
         }
+        status["metrics"] = self._metrics_status() if status["ray"]["running"] else {
+            "url": self.ray.metrics_url, "answering": False}
         if status["kafka"]["running"]:
             try:
                 from precise.events.topics import end_offsets
@@ -71,6 +73,16 @@ class LocalStack:
             except Exception as exc:  # status must report, not crash
                 status["kafka"]["error"] = str(exc)
         return status
+
+    def _metrics_status(self) -> dict[str, Any]:
+        """The head's Prometheus endpoint and the platform series on it (`ray_precise_*`)."""
+        from precise.metrics.prometheus import platform_series, scrape
+
+        try:
+            series = platform_series(scrape(self.ray.metrics_url))
+        except Exception as exc:  # status must report, not crash
+            return {"url": self.ray.metrics_url, "answering": False, "error": str(exc)}
+        return {"url": self.ray.metrics_url, "answering": True, "platform_series": series}
 
     def describe(self) -> str:
         return json.dumps(self.status(), indent=2)

@@ -95,7 +95,8 @@ class RayHead:
         }
 
     def start(self, timeout: float = 120.0) -> None:
-        """Start the head (idempotent) and wait until the dashboard answers with the token."""
+        """Start the head (idempotent); wait until the dashboard answers with the token and the
+        metrics endpoint answers."""
         if self.running():
             return
         ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
@@ -127,8 +128,8 @@ class RayHead:
             # have no driver to ship code from: put this checkout (and its `precise`) on their path.
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), str(root / "platform"),
                                                             env.get("PYTHONPATH", "")) if p)
-        start_service(cmd, f"Ray head on {self.address}", self.log_path, self.pid_path, self.dashboard_ready,
-                      timeout, logs=[self.log_path], env=env)
+        start_service(cmd, f"Ray head on {self.address}", self.log_path, self.pid_path,
+                      lambda: self.dashboard_ready() and self.metrics_ready(), timeout, logs=[self.log_path], env=env)
 
     def dashboard_ready(self) -> bool:
         request = urllib.request.Request(
@@ -137,6 +138,18 @@ class RayHead:
         )
         try:
             with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def metrics_ready(self) -> bool:
+        """The Prometheus endpoint answers (the metrics agent starts a moment after the dashboard)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
