@@ -105,6 +105,12 @@ class TrainingConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs reserved per Ray Train worker
     threads_per_worker: int = Field(1, ge=1)  # torch threads in each worker
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint
+    # Compute the training windows once and keep them in the object store for every epoch (users x
+    # (max_len + 1) x 8 B: 10 MB for ML-1M). Off: each epoch re-reads and re-windows the sequences
+    # (for datasets the object store cannot hold; measured 3.3x slower per epoch on ML-100k).
+    materialize_windows: bool = True
+
+
 class IngestConfig(Section):
     """The ingest job (`jobs/ingest.py`): Kafka -> validated event lake, in micro-batches."""
 

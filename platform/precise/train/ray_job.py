@@ -457,6 +457,8 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
         ray.init(log_to_driver=False)
     prepared = prepare(config, kind, full=full, until_ts=until_ts, warm_start=warm_start)
     dataset = training_dataset(config, prepared)
+    if t.materialize_windows:
+        dataset = dataset.materialize()  # once for all epochs and restarts, not once per epoch
     workers = num_workers or t.num_workers
     loop_config = {
         "kind": kind,
