@@ -130,6 +130,12 @@ class IngestConfig(Section):
     once_max_failures: int = Field(5, ge=1)  # --once gives up after this many failed attempts in a row
     build_sequences: bool = True  # rebuild the touched users' sequences after committed batches
     sequence_min_interval_s: float = Field(0.0, ge=0)  # continuous mode: at most one build per interval
+    # Lake compaction (precise.ingest.compact): merge a partition's files in one date folder once it
+    # has this many that every sequence build has read; 0 turns it off.
+    compact_min_files: int = Field(32, ge=0)
+    compact_interval_s: float = Field(300.0, gt=0)  # continuous mode: at most one compaction pass per interval
+    # Merged-away files stay (ignored by readers) this long, so a reader that listed them can finish
+    compact_grace_s: float = Field(600.0, ge=0)
     # Passed to the Confluent consumer of `ray.data.read_kafka` and the offset queries (librdkafka
     # names), on top of what kafka.client_options maps to.
     consumer_config: dict[str, Any] = Field(default_factory=dict)

@@ -43,6 +43,7 @@ from precise.ingest.lake import (
     EVENT_SCHEMA,
     Layout,
     Ledger,
+    event_files,
     load_ledger,
     read_items,
     save_ledger,
@@ -136,7 +137,7 @@ class Ingestor:
                                 f"names {want!r}; use another storage.root or the same topic")
         self.ledger.events_topic, self.ledger.items_topic = self.kafka.events_topic, self.kafka.items_topic
         self._clean()
-        committed, _ = split_committed(self.storage.list_files(self.layout.events), self._offsets("events"))
+        committed = event_files(self.storage)  # committed, without files a compaction superseded
         if committed:
             ids = pads.dataset(committed, format="parquet", filesystem=self.storage.fs).to_table(columns=["event_id"])
             self.event_ids = set(ids.column("event_id").to_pylist())

@@ -63,10 +63,12 @@ class IngestJob:
         self.stop = stop or threading.Event()
         self.build_sequences = config.ingest.build_sequences if build_sequences is None else build_sequences
         self.faults = faults or Faults()
-        self.totals = {"batches": 0, "records": 0, "events": 0, "dead_letters": 0, "items": 0, "failures": 0}
+        self.totals = {"batches": 0, "records": 0, "events": 0, "dead_letters": 0, "items": 0, "failures": 0,
+                       "files_compacted": 0}
         self.sequences: list[dict[str, Any]] = []
         self._topics_ready = False
         self._last_build = 0.0
+        self._last_compaction = time.monotonic()  # the first pass one interval after start
 
     # ---- modes ------------------------------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class IngestJob:
                     break
             if self.build_sequences and not self.stop.is_set():
                 self._build_sequences(force=True)
+            self._compact(ingestor)
             return self._summary(ingestor, started)
 
     def run_continuous(self, interval_s: float | None = None) -> dict[str, Any]:
@@ -121,6 +124,8 @@ class IngestJob:
                 if pending_build and self.build_sequences and not self.stop.is_set():
                     if time.monotonic() - self._last_build >= self.settings.sequence_min_interval_s:
                         pending_build = not self._build_sequences()
+                if time.monotonic() - self._last_compaction >= self.settings.compact_interval_s:
+                    self._compact(ingestor)
                 if result.caught_up:
                     self.stop.wait(interval)
             return self._summary(ingestor, started)
@@ -175,6 +180,22 @@ class IngestJob:
             return False
         self.sequences = [asdict(r) for r in results]
         return True
+
+    def _compact(self, ingestor: Ingestor) -> None:
+        """Merge small lake files (between batches: this job is the lake's only writer). A failure
+        is logged, never fatal: the lake is consistent at every step of a compaction."""
+        from precise.ingest.compact import compact_events
+
+        self._last_compaction = time.monotonic()
+        if self.settings.compact_min_files == 0 or self.stop.is_set():
+            return
+        try:
+            result = compact_events(ingestor.storage, ingestor.ledger.offsets.get(self.config.kafka.events_topic, {}),
+                                    self.settings.compact_min_files, self.settings.compact_grace_s)
+        except Exception:
+            log.exception("lake compaction failed; the next pass will retry")
+            return
+        self.totals["files_compacted"] += result.sources
 
     def _summary(self, ingestor: Ingestor, started: float) -> dict[str, Any]:
         return {**self.totals, "seconds": round(time.monotonic() - started, 2),

@@ -191,14 +191,18 @@ def _dead_letter_files(storage: Storage, topic: str | None) -> list[str]:
 
 
 def event_files(root: str | os.PathLike[str] | Storage) -> list[str]:
-    """Paths (on `Storage(root).fs`) of the committed event files, oldest partition ranges first."""
+    """Paths (on `Storage(root).fs`) of the committed event files, oldest partition ranges first;
+    files superseded by a compacted one (`precise.ingest.compact`) are left out."""
+    from precise.ingest.compact import superseded
+
     storage = root if isinstance(root, Storage) else Storage(root)
     ledger = load_ledger(storage)
     if ledger.events_topic is None:
         return []
     committed, _ = split_committed(storage.list_files(Layout(storage).events),
                                    ledger.offsets.get(ledger.events_topic, {}))
-    return committed
+    old = superseded(committed)
+    return [path for path in committed if path not in old]
 
 
 def read_events(root: str | os.PathLike[str] | Storage, columns: list[str] | None = None) -> pa.Table:
