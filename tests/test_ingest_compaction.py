@@ -3,6 +3,8 @@ and the incremental sequence builds stay equal to a full rebuild."""
 
 from __future__ import annotations
 
+import time
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,6 +17,7 @@ from precise.ingest.job import IngestJob, connect_ray
 from precise.ingest.lake import Layout, event_files, read_events
 from precise.ingest.sequences import SequenceBuilder, read_sequences
 from precise.ingest.storage import Storage
+from precise.metrics.prometheus import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +48,7 @@ def test_compaction_keeps_the_lake_exact_and_sequences_incremental(kafka_config,
     summary = IngestJob(config).run_once()
     assert summary["events"] == len(first.events) and summary["batches"] >= 4
     assert summary["files_compacted"] > 0, summary
+    merged = summary["files_compacted"]
     storage = Storage(root)
     # readers see the merged files only (the merged-away ones wait for the next pass to be deleted)
     assert len(event_files(storage)) < summary["files_compacted"]
@@ -52,6 +56,7 @@ def test_compaction_keeps_the_lake_exact_and_sequences_incremental(kafka_config,
     replay(stream, kafka_config, progress=False)  # the remaining 40%
     summary = IngestJob(config).run_once()
     assert summary["events"] == len(stream.events) - len(first.events)
+    merged += summary["files_compacted"]
 
     lake = read_events(root, columns=["event_id", "offset", "partition"])
     assert sorted(lake.column("event_id").to_pylist()) == sorted(stream.events["event_id"])  # exactly once
@@ -70,3 +75,10 @@ def test_compaction_keeps_the_lake_exact_and_sequences_incremental(kafka_config,
         assert start <= min(offsets) and max(offsets) < end and offsets == sorted(offsets)
     assert_clean_lake(root)
     assert not storage.temp_files(Layout(storage).lake)
+
+    # the job's metric counts the merged files (at least ours: other tests' compactions share the tag)
+    url = f"http://127.0.0.1:{ray_head.metrics_port}/metrics"
+    deadline = time.monotonic() + 60
+    while (value(scrape(url), "ray_precise_ingest_files_compacted_total", stage="merged") or 0) < merged:
+        assert time.monotonic() < deadline, "precise_ingest_files_compacted not exported"
+        time.sleep(2)

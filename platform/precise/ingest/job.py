@@ -19,6 +19,7 @@ from typing import Any
 from precise.config import PreciseConfig
 from precise.ingest.batch import BatchResult, Ingestor
 from precise.ingest.faults import Faults
+from precise.metrics import best_effort
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ class IngestJob:
             log.exception("lake compaction failed; the next pass will retry")
             return
         self.totals["files_compacted"] += result.sources
+        if ingestor.metrics is not None:
+            best_effort(ingestor.metrics.compacted, result.sources, result.deleted)
 
     def _summary(self, ingestor: Ingestor, started: float) -> dict[str, Any]:
         return {**self.totals, "seconds": round(time.monotonic() - started, 2),

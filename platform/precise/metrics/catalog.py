@@ -50,6 +50,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("precise_ingest_batches", "counter", ("status",),
                "Micro-batches by outcome",
                "`failed` > 0: broker or Ray trouble (the job retries with backoff)"),
+    MetricSpec("precise_ingest_files_compacted", "counter", ("stage",),
+               "Lake files merged into larger ones (`merged`) and merged-away files deleted (`deleted`)",
+               "`merged` flat while batches commit: compaction is off or sequence builds lag behind"),
     # ---- training (Ray Train workers; the version gauge from the job's driver) --------------------
     MetricSpec("precise_train_loss", "gauge", ("model", "task"),
                "Mean training loss of the last finished epoch (rank 0)",

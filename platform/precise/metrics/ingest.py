@@ -26,3 +26,7 @@ class IngestMetrics:
     def failed(self, latency_s: float) -> None:
         observe("precise_ingest_batch_latency_s", latency_s, status="failed")
         inc("precise_ingest_batches", status="failed")
+
+    def compacted(self, merged: int, deleted: int) -> None:
+        inc("precise_ingest_files_compacted", merged, stage="merged")
+        inc("precise_ingest_files_compacted", deleted, stage="deleted")
