@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
 from precise.ingest.lake import Layout, parse_range_file_name, range_file_name
 from precise.ingest.storage import Storage
@@ -41,16 +40,20 @@ class CompactionResult:
     deleted: int = 0  # superseded files deleted in this pass
 
 
-def superseded(paths: list[str]) -> set[str]:
-    """Files whose (partition, range) lies strictly inside a wider file's in the same folder."""
+def _spans(paths: list[str]) -> dict[tuple[str, int], list[tuple[int, int, str]]]:
+    """The lake's range files by (folder, partition): their (start, end, path), sorted."""
     spans: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
     for path in paths:
         parsed = parse_range_file_name(path)
         if parsed is not None:
-            folder = path.rsplit("/", 1)[0]
-            spans.setdefault((folder, parsed[0]), []).append((parsed[1], parsed[2], path))
+            spans.setdefault((path.rsplit("/", 1)[0], parsed[0]), []).append((parsed[1], parsed[2], path))
+    return {key: sorted(ranges) for key, ranges in spans.items()}
+
+
+def superseded(paths: list[str]) -> set[str]:
+    """Files whose (partition, range) lies strictly inside a wider file's in the same folder."""
     out: set[str] = set()
-    for ranges in spans.values():
+    for ranges in _spans(paths).values():
         if len(ranges) < 2:
             continue
         for start, end, path in ranges:
@@ -91,21 +94,13 @@ def compact_events(storage: Storage, committed: dict[int, int], min_files: int, 
     live = [f for f in files if f not in old]
 
     read_to = sequence_offsets(storage)
-    groups: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
-    for path in live:
-        parsed = parse_range_file_name(path)
-        if parsed is None:
-            continue
-        partition, start, end = parsed
+    for (folder, partition), spans in sorted(_spans(live).items()):
         limit = committed.get(partition, 0)
         if read_to is not None:
             limit = min(limit, read_to.get(partition, 0))
-        if end <= limit:
-            groups.setdefault((path.rsplit("/", 1)[0], partition), []).append((start, end, path))
-    for (folder, partition), ranges in sorted(groups.items()):
+        ranges = [span for span in spans if span[1] <= limit]
         if len(ranges) < max(min_files, 2):
             continue
-        ranges.sort()
         sources = [path for _, _, path in ranges]
         table = pq.ParquetDataset(sources, filesystem=storage.fs, partitioning=None).read()
         table = table.sort_by("offset")
@@ -120,23 +115,19 @@ def compact_events(storage: Storage, committed: dict[int, int], min_files: int, 
 
 
 def _delete_expired(storage: Storage, files: list[str], old: set[str], cutoff: float) -> int:
-    """Delete superseded files whose superseding file was written before `cutoff` (epoch s)."""
+    """Delete superseded files covered by a file written before `cutoff` (epoch s): the merge has
+    been visible for longer than the grace period."""
     if not old:
         return 0
-    wider = [f for f in files if f not in old]
-    mtimes = {info.path: info.mtime.timestamp() if info.mtime else 0.0
-              for info in storage.fs.get_file_info(wider) if info.type == pafs.FileType.File}
+    wider = _spans([f for f in files if f not in old])
+    stale = set(_spans(sorted(old)))  # only these folders need their files' times
+    mtimes = {info.path: info.mtime.timestamp() if info.mtime else float("inf")
+              for key in stale for info in storage.fs.get_file_info([f for _, _, f in wider.get(key, [])])}
     deleted = 0
     for path in sorted(old):
         partition, start, end = parse_range_file_name(path)
-        folder = path.rsplit("/", 1)[0]
-        covering = [f for f in wider if f.rsplit("/", 1)[0] == folder and _covers(f, partition, start, end)]
-        if any(mtimes.get(f, float("inf")) <= cutoff for f in covering):  # a merge older than the grace
+        covering = [f for s, e, f in wider.get((path.rsplit("/", 1)[0], partition), []) if s <= start and end <= e]
+        if any(mtimes.get(f, float("inf")) <= cutoff for f in covering):
             storage.delete(path)
             deleted += 1
     return deleted
-
-
-def _covers(path: str, partition: int, start: int, end: int) -> bool:
-    parsed = parse_range_file_name(path)
-    return parsed is not None and parsed[0] == partition and parsed[1] <= start and end <= parsed[2]

@@ -13,11 +13,11 @@ wrong shape is treated as a miss and rewritten, so a damaged cache heals instead
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from precise.paths import atomic_write
 
 # Bump when what a file means changes (layout, extraction rule, model file) so old entries are ignored.
 FORMAT_VERSION = 1
@@ -56,13 +56,5 @@ class TokenCache:
             raise ValueError(f"expected float16 [n, {self.dim}] states, got {states.dtype} {states.shape}")
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{key[:16]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, states, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a cache: a rename lost in a crash only costs a re-encode, so no folder fsync per item
+        atomic_write(target, lambda f: np.save(f, states, allow_pickle=False), sync_folder=False)
