@@ -5,7 +5,7 @@ after `precise.ingest.compact.compact_events`, in the same run.
 
 The lake is written the way the ingest job writes it in continuous mode: one file per Kafka
 partition per micro-batch (default: 4 partitions x 2,000 batches of 25 events, a few hours at a
-5 s interval; `--quick`: 500 batches). The reader is `precise.ingest.lake.read_events`, what the
+5 s interval; `--quick`: 500 batches). The reader is `precise.store.lake.read_events`, what the
 pipeline and the tools use. No Kafka or Ray needed. Ends with one JSON line.
 """
 
@@ -25,13 +25,13 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from precise.ingest.compact import compact_events  # noqa: E402
-from precise.ingest.lake import EVENT_SCHEMA, Layout, Ledger, event_files, read_events, save_ledger  # noqa: E402
-from precise.ingest.storage import Storage  # noqa: E402
+from precise.store.files import Files  # noqa: E402
+from precise.store.lake import EVENT_SCHEMA, Layout, Ledger, event_files, read_events, save_ledger  # noqa: E402
 
 DAY_MS = 1_700_006_400_000  # a UTC midnight
 
 
-def write_lake(storage: Storage, partitions: int, batches: int, per_batch: int) -> int:
+def write_lake(storage: Files, partitions: int, batches: int, per_batch: int) -> int:
     layout = Layout(storage)
     rng = np.random.default_rng(0)
     for batch in range(batches):
@@ -55,7 +55,7 @@ def write_lake(storage: Storage, partitions: int, batches: int, per_batch: int) 
     return partitions * batches * per_batch
 
 
-def time_reads(storage: Storage, repeats: int) -> tuple[float, int]:
+def time_reads(storage: Files, repeats: int) -> tuple[float, int]:
     seconds, rows = [], 0
     for _ in range(repeats):
         started = time.perf_counter()
@@ -71,7 +71,7 @@ def main() -> int:
     args = parser.parse_args()
     partitions, batches, per_batch = 4, (500 if args.quick else 2_000), 25
     with tempfile.TemporaryDirectory() as folder:
-        storage = Storage(folder)
+        storage = Files(folder)
         events = write_lake(storage, partitions, batches, per_batch)
         files_before = len(event_files(storage))
         before_s, rows_before = time_reads(storage, args.repeats)

@@ -42,8 +42,8 @@ from precise.events.replay import replay  # noqa: E402
 from precise.events.topics import end_offsets, ensure_topics  # noqa: E402
 from precise.ingest.batch import Ingestor  # noqa: E402
 from precise.ingest.job import IngestJob, connect_ray  # noqa: E402
-from precise.ingest.lake import load_ledger, read_events  # noqa: E402
-from precise.ingest.storage import Storage  # noqa: E402
+from precise.store.files import Files  # noqa: E402
+from precise.store.lake import load_ledger, read_events  # noqa: E402
 
 
 def topics(bootstrap: str, name: str) -> KafkaConfig:
@@ -104,7 +104,7 @@ def measure_lag(bootstrap: str, root: str, rate: float, seconds: float) -> dict:
     job = IngestJob(config, stop=stop, build_sequences=False)
     runner = threading.Thread(target=job.run_continuous, kwargs={"interval_s": 0.5}, daemon=True)
     runner.start()
-    storage = Storage(root)
+    storage = Files(root)
     commits: list[tuple[float, dict[int, int]]] = []
 
     def watch() -> None:

@@ -49,9 +49,9 @@ from precise.config import IndexConfig, KafkaConfig  # noqa: E402
 from precise.events.producer import EventProducer  # noqa: E402
 from precise.events.topics import ensure_topics  # noqa: E402
 from precise.predict.demo import publish_random_snapshot  # noqa: E402
-from precise.predict.snapshot import read_index  # noqa: E402
 from precise.stack import RayHead  # noqa: E402
 from precise.stack.process import free_port  # noqa: E402
+from precise.store.snapshots import read_index  # noqa: E402
 
 USERS, ITEMS = 6040, 3706  # MovieLens-1M
 

@@ -80,7 +80,7 @@ def bench_config(quick: bool, bootstrap: str, root: str, text_model: str) -> Pre
 def plain_setup(config: PreciseConfig) -> tuple[Any, Any]:
     """What the Ray job would train on, for the plain loop: the prepared run (vocabulary, initial
     weights, model and train config) and the lake's training sequences as `NextItemBatches`."""
-    from precise.ingest.sequences import read_sequences
+    from precise.store.sequences import read_sequences
     from precise.train.ray_job import prepare
     from precise.train.sequences import NextItemBatches
 

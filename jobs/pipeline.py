@@ -18,8 +18,8 @@ from _common import run_job
 from precise.ingest.batch import LakeError
 from precise.pipeline.orchestrator import Pipeline
 from precise.predict.job import PredictError
-from precise.predict.snapshot import SnapshotError
-from precise.registry import RegistryError
+from precise.store.registry import RegistryError
+from precise.store.snapshots import SnapshotError
 from precise.train.ray_job import TrainingError, TrainingFailed
 
 

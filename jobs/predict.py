@@ -14,7 +14,7 @@ import sys
 from _common import run_job
 from precise.predict.embedder import EmbedderError
 from precise.predict.job import PredictError, run_predict
-from precise.predict.snapshot import SnapshotError
+from precise.store.snapshots import SnapshotError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from _common import run_job
-from precise.registry import RegistryError
+from precise.store.registry import RegistryError
 from precise.train.ray_job import TrainingError, TrainingFailed, run_training
 
 

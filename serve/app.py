@@ -37,12 +37,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import precise
 from precise.config import PreciseConfig, load_config
+from precise.events.feed import KafkaRecentFeed
 from precise.metrics import best_effort
 from precise.metrics.serve import ServeMetrics
 from precise.predict.embedder import set_thread_counts
-from precise.predict.snapshot import SnapshotStore
 from precise.serving.recall import fetch_size, merge_u2i2i, rank_u2i
-from precise.serving.recent import KafkaRecentFeed, RecentItems
+from precise.serving.recent import RecentItems
 from precise.serving.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -55,6 +55,7 @@ from precise.serving.schemas import (
 )
 from precise.serving.state import NotFoundError, ServedSnapshot
 from precise.serving.swap import SnapshotWatcher
+from precise.store.snapshots import SnapshotStore
 
 log = logging.getLogger("precise.serve")
 

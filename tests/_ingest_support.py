@@ -17,8 +17,8 @@ import yaml
 from precise.config import KafkaConfig
 from precise.events.topics import end_offsets
 from precise.ingest.compact import superseded
-from precise.ingest.lake import Layout, event_files, load_ledger
-from precise.ingest.storage import TMP_PREFIX, Storage
+from precise.store.files import TMP_PREFIX, Files
+from precise.store.lake import Layout, event_files, load_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, alive: JobP
 
 def caught_up(root: Path, kafka: KafkaConfig) -> bool:
     """The ledger covers every record now in the events and items topics."""
-    ledger = load_ledger(Storage(str(root)))
+    ledger = load_ledger(Files(str(root)))
     for topic in (kafka.events_topic, kafka.items_topic):
         for partition, end in end_offsets(kafka.bootstrap_servers, topic).items():
             if end and ledger.next_offset(topic, partition) != end:
@@ -105,7 +105,7 @@ def caught_up(root: Path, kafka: KafkaConfig) -> bool:
 
 def assert_clean_lake(root: Path) -> None:
     """No temporary files, and every data file committed by the ledger."""
-    storage = Storage(str(root))
+    storage = Files(str(root))
     layout = Layout(storage)
     leftovers = storage.temp_files(layout.lake)
     assert not leftovers, leftovers

@@ -3,14 +3,13 @@ every sequence build has read are merged."""
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 import pytest
 
 from precise.ingest.compact import compact_events, superseded
-from precise.ingest.lake import EVENT_SCHEMA, Layout, Ledger, event_files, read_events, save_ledger
-from precise.ingest.storage import Storage
+from precise.store import sequences
+from precise.store.files import Files
+from precise.store.lake import EVENT_SCHEMA, Layout, Ledger, event_files, read_events, save_ledger
 
 T0 = 1_577_836_800_000  # 2020-01-01T00:00Z, ms
 
@@ -30,7 +29,7 @@ def _events(partition: int, start: int, end: int, day: int) -> pa.Table:
 def lake(tmp_path):
     """Day 0: partition 0 in ten files [0, 100), partition 1 in five [0, 50); day 1: one file of
     partition 0; and a file above the ledger left by a crashed batch. Sequences read p0 up to 80."""
-    storage = Storage(str(tmp_path))
+    storage = Files(str(tmp_path))
     layout = Layout(storage)
     for partition, end in ((0, 100), (1, 50)):
         for start in range(0, end, 10):
@@ -39,11 +38,11 @@ def lake(tmp_path):
     storage.write_parquet(layout.event_file("2020-01-02", 0, 100, 110), _events(0, 100, 110, 1))
     storage.write_parquet(layout.event_file("2020-01-02", 0, 110, 120), _events(0, 110, 120, 1))  # uncommitted
     save_ledger(storage, Ledger(offsets={"ev": {0: 110, 1: 50}}, events_topic="ev", items_topic="it"))
-    storage.write_bytes(f"{layout.sequences('all')}/_state.json", json.dumps({"offsets": {"0": 80, "1": 50}}).encode())
+    sequences.write_state(storage, "all", {"offsets": {"0": 80, "1": 50}})
     return storage
 
 
-def _sorted_events(storage: Storage) -> list[dict]:
+def _sorted_events(storage: Files) -> list[dict]:
     return sorted(read_events(storage).to_pylist(), key=lambda row: row["event_id"])
 
 
@@ -84,8 +83,7 @@ def test_sources_are_deleted_after_the_grace_period(lake):
 
 def test_a_compacted_file_is_merged_again_with_newer_files(lake):
     compact_events(lake, {0: 110, 1: 50}, min_files=3, grace_s=0)
-    lake.write_bytes(f"{Layout(lake).sequences('all')}/_state.json",
-                     json.dumps({"offsets": {"0": 110, "1": 50}}).encode())
+    sequences.write_state(lake, "all", {"offsets": {"0": 110, "1": 50}})
     before = _sorted_events(lake)
     result = compact_events(lake, {0: 110, 1: 50}, min_files=3, grace_s=0)
     assert (result.merged_files, result.sources) == (1, 3)  # [0, 80) + [80, 90) + [90, 100) -> [0, 100)
@@ -94,8 +92,7 @@ def test_a_compacted_file_is_merged_again_with_newer_files(lake):
 
 
 def test_nothing_is_merged_that_a_sequence_family_has_not_read(lake):
-    layout = Layout(lake)
-    lake.write_bytes(f"{layout.sequences('like')}/_state.json", json.dumps({"offsets": {"0": 30}}).encode())
+    sequences.write_state(lake, "like", {"offsets": {"0": 30}})
     result = compact_events(lake, {0: 110, 1: 50}, min_files=3, grace_s=0)
     # p0: only [0, 30) is read by both families; p1: the `like` family has not read it at all
     assert (result.merged_files, result.sources) == (1, 3)

@@ -14,10 +14,11 @@ from precise.data import SyntheticConfig, generate_synthetic
 from precise.data.movielens import EventDataset
 from precise.events.replay import replay
 from precise.ingest.job import IngestJob, connect_ray
-from precise.ingest.lake import Layout, event_files, read_events
-from precise.ingest.sequences import SequenceBuilder, read_sequences
-from precise.ingest.storage import Storage
+from precise.ingest.sequences import SequenceBuilder
 from precise.metrics.prometheus import scrape, value
+from precise.store.files import Files
+from precise.store.lake import Layout, event_files, read_events
+from precise.store.sequences import read_sequences
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def test_compaction_keeps_the_lake_exact_and_sequences_incremental(kafka_config,
     assert summary["events"] == len(first.events) and summary["batches"] >= 4
     assert summary["files_compacted"] > 0, summary
     merged = summary["files_compacted"]
-    storage = Storage(root)
+    storage = Files(root)
     # readers see the merged files only (the merged-away ones wait for the next pass to be deleted)
     assert len(event_files(storage)) < summary["files_compacted"]
 

@@ -22,7 +22,7 @@ import pytest
 from _ingest_support import JobProcess, assert_clean_lake, caught_up, wait_until, write_config
 from precise.events.producer import EventProducer
 from precise.events.topics import ensure_topics
-from precise.ingest.lake import read_dead_letters, read_events, read_items
+from precise.store.lake import read_dead_letters, read_events, read_items
 
 pytestmark = pytest.mark.integration
 FAULTS = ["before_write:1", "mid_write:1", "before_ledger:1", "after_ledger:1", "mid_write:2", "before_ledger:3"]

@@ -18,9 +18,9 @@ from _ingest_support import JobProcess, assert_clean_lake, caught_up, wait_until
 from precise.config import KafkaConfig
 from precise.events.producer import EventProducer
 from precise.events.topics import ensure_topics
-from precise.ingest.lake import read_events
 from precise.stack import KafkaBroker
 from precise.stack.process import free_port
+from precise.store.lake import read_events
 
 pytestmark = pytest.mark.integration
 OUTAGE_S = 22

@@ -13,8 +13,8 @@ import pytest
 from _ingest_support import REPO, write_config
 from precise.events.producer import EventProducer
 from precise.events.topics import ensure_topics
-from precise.ingest.lake import read_events, read_items
-from precise.ingest.sequences import read_sequences
+from precise.store.lake import read_events, read_items
+from precise.store.sequences import read_sequences
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from precise.data import load_movielens
 from precise.data.movielens import EventDataset
 from precise.events.replay import replay
 from precise.ingest.job import IngestJob, connect_ray
-from precise.ingest.lake import events_dataset, read_dead_letters, read_events, read_items
-from precise.ingest.sequences import read_sequences, sequences_dataset
+from precise.store.lake import events_dataset, read_dead_letters, read_events, read_items
+from precise.store.sequences import read_sequences, sequences_dataset
 
 pytestmark = pytest.mark.integration
 MAX_LEN = 50

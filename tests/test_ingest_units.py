@@ -14,7 +14,10 @@ from precise.events.schema import DEFAULT_ACTIONS, InvalidEventError, parse_even
 from precise.ingest.batch import PartitionRange, settle
 from precise.ingest.faults import Faults
 from precise.ingest.items import item_rows, merge_items
-from precise.ingest.lake import (
+from precise.ingest.sequences import collapse, explode, select_events, with_split
+from precise.ingest.validate import REASON_KINDS, parse_event_fast, reason_kind, validate_records
+from precise.store.files import TMP_PREFIX, Files
+from precise.store.lake import (
     ITEM_SCHEMA,
     Ledger,
     load_ledger,
@@ -23,9 +26,6 @@ from precise.ingest.lake import (
     save_ledger,
     split_committed,
 )
-from precise.ingest.sequences import collapse, explode, select_events, with_split
-from precise.ingest.storage import TMP_PREFIX, Storage
-from precise.ingest.validate import REASON_KINDS, parse_event_fast, reason_kind, validate_records
 
 NOW_MS = int(time.time() * 1000)
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "scene": "family", "action": "rate",
@@ -126,7 +126,7 @@ def test_range_file_names_round_trip_and_commit_split():
 
 
 def test_ledger_round_trip(tmp_path):
-    storage = Storage(str(tmp_path))
+    storage = Files(str(tmp_path))
     assert load_ledger(storage) == Ledger()
     ledger = Ledger(offsets={"ev": {0: 5, 2: 7}}, events_topic="ev", items_topic="it", batches=2,
                     totals={"events": 12})
@@ -137,7 +137,7 @@ def test_ledger_round_trip(tmp_path):
 
 
 def test_storage_writes_whole_files_and_replaces(tmp_path):
-    storage = Storage(str(tmp_path / "root"))
+    storage = Files(str(tmp_path / "root"))
     path = storage.path("a", "b.parquet")
     storage.write_parquet(path, pa.table({"x": [1, 2]}), durable=False)
     storage.write_parquet(path, pa.table({"x": [3]}))
@@ -145,13 +145,13 @@ def test_storage_writes_whole_files_and_replaces(tmp_path):
     assert pa.parquet.read_table(path).column("x").to_pylist() == [3]
     assert storage.list_files(storage.path("a")) == [path]
     assert storage.list_files(storage.path("missing")) == []
-    with storage.exclusive(storage.path("lock")), pytest.raises(RuntimeError, match="held by another process"):
-        with storage.exclusive(storage.path("lock")):
+    with storage.lock(storage.path("lock")), pytest.raises(RuntimeError, match="held by another process"):
+        with storage.lock(storage.path("lock")):
             pass
 
 
 def test_storage_on_an_fsspec_uri():
-    storage = Storage("memory://precise-test-lake")
+    storage = Files("memory://precise-test-lake")
     assert not storage.local
     storage.write_bytes(storage.path("lake", "_ledger.json"), b"{}")
     assert storage.read_bytes(storage.path("lake", "_ledger.json")) == b"{}"

@@ -46,7 +46,7 @@ def test_pipeline_and_serving_metrics_reach_prometheus(kafka_broker, ray_head, t
     from ray import serve
 
     from precise.pipeline.orchestrator import Pipeline
-    from precise.predict.snapshot import SnapshotStore, read_users
+    from precise.store.snapshots import SnapshotStore, read_users
     from serve.app import app
 
     tag = uuid.uuid4().hex[:8]

@@ -12,7 +12,7 @@ from precise.config import PreciseConfig
 from precise.data import SyntheticConfig, generate_synthetic
 from precise.events.replay import replay
 from precise.pipeline.exposure import cycle_boundaries, exposure_shares, trained_share
-from precise.registry import ModelRegistry
+from precise.store.registry import ModelRegistry
 
 DAY = 86_400_000
 

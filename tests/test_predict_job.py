@@ -14,8 +14,8 @@ import pytest
 
 from precise.config import PreciseConfig
 from precise.predict.embedders import TableEmbedder, write_vector_table
-from precise.predict.index import normalize
-from precise.predict.snapshot import SnapshotStore, read_items, read_users
+from precise.store.snapshots import SnapshotStore, read_items, read_users
+from precise.vectors import normalize
 
 REPO = Path(__file__).parents[1]
 

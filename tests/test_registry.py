@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 
-from precise.registry import ModelRegistry, RegistryError
+from precise.store.registry import ModelRegistry, RegistryError
 
 
 def test_register_latest_and_lineage(tmp_path):

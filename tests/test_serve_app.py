@@ -27,8 +27,8 @@ from precise.events.producer import EventProducer
 from precise.events.topics import ensure_topics
 from precise.predict.demo import RandomVectors, publish_random_snapshot
 from precise.predict.embedders import HashingTextEncoder, TableEmbedder
-from precise.predict.index import normalize
 from precise.stack.process import free_port
+from precise.vectors import normalize
 
 pytestmark = pytest.mark.integration
 
@@ -381,7 +381,7 @@ def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
     cold = normalize(HashingTextEncoder(DIM).encode(cold_text))
     assert got["source"] == "snapshot" and np.allclose(got["vector"], cold, atol=1e-5)
     # the user closest to the new item gets it in U2I, exactly where brute force puts it
-    from precise.predict.snapshot import SnapshotStore, read_items, read_users
+    from precise.store.snapshots import SnapshotStore, read_items, read_users
 
     ref = SnapshotStore(service.root, TASK).get(result.snapshot.version)
     item_ids, items = read_items(ref)

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from precise.events.feed import parse_recent_event
 from precise.serving.recall import fetch_size, merge_u2i2i, rank_u2i
-from precise.serving.recent import RecentItems, parse_recent_event
+from precise.serving.recent import RecentItems
 from precise.serving.schemas import MAX_ITEM_IDS, MAX_K, ItemQuery, RecallQuery, UserQuery
 
 ITEMS = ["a", "b", "c", "d", "e"]
@@ -104,7 +105,7 @@ def test_serve_yaml_is_a_valid_serve_config_for_this_app():
 
 
 def test_recent_feed_counts_bad_records_and_filters_actions():
-    from precise.serving.recent import KafkaRecentFeed
+    from precise.events.feed import KafkaRecentFeed
 
     recent = RecentItems(max_users=10, per_user=5)
     feed = KafkaRecentFeed(recent, "127.0.0.1:1", "t", actions=["like"])  # never started: no broker needed

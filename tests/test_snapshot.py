@@ -11,9 +11,10 @@ from precise.config import IndexConfig
 from precise.predict.demo import publish_random_snapshot
 from precise.predict.embedder import EmbedderError, load_embedder
 from precise.predict.embedders import HashingTextEncoder, TableEmbedder, write_vector_table
-from precise.predict.index import FLAT, HNSW, IVF, build_and_measure, normalize, search
-from precise.predict.snapshot import SnapshotError, SnapshotStore
+from precise.predict.index import FLAT, HNSW, IVF, build_and_measure, index_builder, search
 from precise.serving.state import NotFoundError, load_served_snapshot
+from precise.store.snapshots import SnapshotError, SnapshotStore
+from precise.vectors import normalize
 
 
 def _vectors(n, d, seed=0):
@@ -63,7 +64,7 @@ def test_snapshot_layout_manifest_and_atomic_latest(tmp_path):
     ref2, _ = publish_random_snapshot(tmp_path, "t", users=5, items=20, dim=16, seed=4, model_version="m2")
     assert ref2.version == "000002" and store.latest().manifest["model_version"] == "m2"
     # LATEST only moves forwards
-    store._advance_latest("000001")
+    assert not store.files.advance_pointer(store.dir / "LATEST", "000001")
     assert store.latest_version() == "000002"
 
 
@@ -74,7 +75,7 @@ def test_failed_write_leaves_nothing_and_latest_untouched(tmp_path):
         with store.writer() as writer:
             writer.write_items(["a", "b"], np.ones((2, 8), np.float32))
             writer.write_users(["u"], np.ones((1, 4), np.float32))
-            writer.publish("m2", {}, IndexConfig())
+            writer.publish("m2", {}, index_builder(IndexConfig()))
     with pytest.raises(SnapshotError, match="NaN"):
         with store.writer() as writer:
             writer.write_items(["a"], np.array([[np.nan] * 8], np.float32))

@@ -166,9 +166,9 @@ def test_killed_worker_resumes_from_last_checkpoint(lake_config, reference_run, 
 
 
 def test_ray_train_matches_plain_loop(lake_config, reference_run):
-    from precise.ingest.sequences import read_sequences
     from precise.model import build_model
-    from precise.registry import ModelRegistry
+    from precise.store.registry import ModelRegistry
+    from precise.store.sequences import read_sequences
     from precise.train.evaluate import evaluate_model
     from precise.train.loop import fit
     from precise.train.ray_job import ITEMS_FILE, prepare, training_dataset, validation_set

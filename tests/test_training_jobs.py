@@ -8,7 +8,7 @@ import torch
 from precise.config import PreciseConfig
 from precise.data import load_movielens
 from precise.events.replay import replay
-from precise.registry import ModelRegistry
+from precise.store.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 

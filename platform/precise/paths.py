@@ -9,10 +9,7 @@ the current directory: they import this module, which resolves the same home as 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -41,31 +38,3 @@ def cache_dir(name: str) -> Path:
     path = precise_home() / "cache" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object], sync_folder: bool = True) -> None:
-    """Replace `path` with what `write` writes to a binary file, so that a reader (or a crash) sees
-    the old or the new content, never a part: temp file in the same folder, fsync, rename, then
-    (with `sync_folder`) fsync the folder so the rename itself survives a crash."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if not sync_folder:
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """`atomic_write` of UTF-8 text: pointers (LATEST), manifests and state files."""
-    atomic_write(path, lambda handle: handle.write(text.encode()))

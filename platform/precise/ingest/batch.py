@@ -38,7 +38,9 @@ from precise.config import PreciseConfig
 from precise.ingest.faults import Faults
 from precise.ingest.items import item_rows, merge_items
 from precise.ingest.kafka import DeadLetterPublisher, librdkafka_options, watermarks
-from precise.ingest.lake import (
+from precise.ingest.validate import VALIDATED_SCHEMA, validate_records
+from precise.store.files import Files
+from precise.store.lake import (
     DEAD_LETTER_SCHEMA,
     EVENT_SCHEMA,
     Layout,
@@ -49,8 +51,6 @@ from precise.ingest.lake import (
     save_ledger,
     split_committed,
 )
-from precise.ingest.storage import Storage
-from precise.ingest.validate import VALIDATED_SCHEMA, validate_records
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Ingestor:
         self.config = config
         self.kafka = config.kafka
         self.settings = config.ingest
-        self.storage = Storage(config.storage.resolved_root())
+        self.storage = Files(config.storage.resolved_root())
         self.layout = Layout(self.storage)
         self.faults = faults or Faults()
         self.allowed_actions = tuple(self.kafka.allowed_actions)
@@ -114,7 +114,7 @@ class Ingestor:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def __enter__(self) -> Ingestor:
-        self._lock = self.storage.exclusive(self.layout.lock)
+        self._lock = self.storage.lock(self.layout.lock)
         self._lock.__enter__()
         try:
             self._load()

@@ -20,15 +20,15 @@ between batches):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from precise.ingest.lake import Layout, parse_range_file_name, range_file_name
-from precise.ingest.storage import Storage
+from precise.store import sequences
+from precise.store.files import Files
+from precise.store.lake import Layout, parse_range_file_name, range_file_name, spans, superseded
 
 log = logging.getLogger(__name__)
 
@@ -40,37 +40,11 @@ class CompactionResult:
     deleted: int = 0  # superseded files deleted in this pass
 
 
-def _spans(paths: list[str]) -> dict[tuple[str, int], list[tuple[int, int, str]]]:
-    """The lake's range files by (folder, partition): their (start, end, path), sorted."""
-    spans: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
-    for path in paths:
-        parsed = parse_range_file_name(path)
-        if parsed is not None:
-            spans.setdefault((path.rsplit("/", 1)[0], parsed[0]), []).append((parsed[1], parsed[2], path))
-    return {key: sorted(ranges) for key, ranges in spans.items()}
-
-
-def superseded(paths: list[str]) -> set[str]:
-    """Files whose (partition, range) lies strictly inside a wider file's in the same folder."""
-    out: set[str] = set()
-    for ranges in _spans(paths).values():
-        if len(ranges) < 2:
-            continue
-        for start, end, path in ranges:
-            if any(s <= start and end <= e and (s, e) != (start, end) for s, e, _ in ranges):
-                out.add(path)
-    return out
-
-
-def sequence_offsets(storage: Storage) -> dict[int, int] | None:
+def sequence_offsets(storage: Files) -> dict[int, int] | None:
     """Per partition, the lowest offset any sequence family has read to (None: no builds yet)."""
-    states = [p for p in storage.list_files(storage.path("sequences")) if p.endswith("/_state.json")]
     lowest: dict[int, int] | None = None
-    for path in states:
-        data = storage.read_bytes(path)
-        if data is None:
-            continue
-        offsets = {int(p): int(o) for p, o in json.loads(data).get("offsets", {}).items()}
+    for state in sequences.states(storage).values():
+        offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
         if lowest is None:
             lowest = offsets
         else:  # a partition one family has not read at all: nothing of it may be merged
@@ -78,7 +52,7 @@ def sequence_offsets(storage: Storage) -> dict[int, int] | None:
     return lowest
 
 
-def compact_events(storage: Storage, committed: dict[int, int], min_files: int, grace_s: float,
+def compact_events(storage: Files, committed: dict[int, int], min_files: int, grace_s: float,
                    now: float | None = None) -> CompactionResult:
     """One pass over the events lake: delete superseded files past their grace period, then merge
     each (date, partition) that has at least `min_files` mergeable files (0: do nothing).
@@ -94,11 +68,11 @@ def compact_events(storage: Storage, committed: dict[int, int], min_files: int, 
     live = [f for f in files if f not in old]
 
     read_to = sequence_offsets(storage)
-    for (folder, partition), spans in sorted(_spans(live).items()):
+    for (folder, partition), ranges_of in sorted(spans(live).items()):
         limit = committed.get(partition, 0)
         if read_to is not None:
             limit = min(limit, read_to.get(partition, 0))
-        ranges = [span for span in spans if span[1] <= limit]
+        ranges = [span for span in ranges_of if span[1] <= limit]
         if len(ranges) < max(min_files, 2):
             continue
         sources = [path for _, _, path in ranges]
@@ -114,13 +88,13 @@ def compact_events(storage: Storage, committed: dict[int, int], min_files: int, 
     return result
 
 
-def _delete_expired(storage: Storage, files: list[str], old: set[str], cutoff: float) -> int:
+def _delete_expired(storage: Files, files: list[str], old: set[str], cutoff: float) -> int:
     """Delete superseded files covered by a file written before `cutoff` (epoch s): the merge has
     been visible for longer than the grace period."""
     if not old:
         return 0
-    wider = _spans([f for f in files if f not in old])
-    stale = set(_spans(sorted(old)))  # only these folders need their files' times
+    wider = spans([f for f in files if f not in old])
+    stale = set(spans(sorted(old)))  # only these folders need their files' times
     mtimes = {info.path: info.mtime.timestamp() if info.mtime else float("inf")
               for key in stale for info in storage.fs.get_file_info([f for _, _, f in wider.get(key, [])])}
     deleted = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from precise.ingest.lake import ITEM_SCHEMA
+from precise.store.lake import ITEM_SCHEMA
 
 
 def item_rows(validated: pa.Table) -> pa.Table:

@@ -22,9 +22,7 @@ but before `_state.json` is simply redone. A changed spec, `max_len` or bucket c
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -33,24 +31,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from precise.config import PreciseConfig, SequenceSpec
-from precise.ingest.lake import Layout, event_files, load_ledger, parse_range_file_name, read_parquet_files
-from precise.ingest.storage import Storage
+from precise.store import sequences as store
+from precise.store.files import Files
+from precise.store.lake import event_files, load_ledger, parse_range_file_name, read_parquet_files
+from precise.store.sequences import SEQUENCE_SCHEMA
 
 log = logging.getLogger(__name__)
 
-SEQUENCE_SCHEMA = pa.schema([
-    ("user_id", pa.string()),
-    ("item_ids", pa.list_(pa.string())),  # oldest first
-    ("ts", pa.list_(pa.int64())),  # event time of each item, epoch ms
-    ("event_ids", pa.list_(pa.string())),  # lineage back to the lake (and what merging dedupes on)
-    ("length", pa.int32()),
-    ("train_len", pa.int32()),  # items[:train_len] train; length >= 3: length - 2, else length
-    ("valid_item", pa.string()),  # items[length-2] when length >= 3, else null
-    ("test_item", pa.string()),  # items[length-1] when length >= 3, else null
-])
 _EVENT_COLUMNS = ["user_id", "item_id", "ts", "event_id"]
 
 
@@ -151,13 +140,12 @@ def _partition_sequences(batch: pa.Table, filesystem: Any, actions: list[str] | 
 class SequenceBuilder:
     """Builds every configured spec from the committed lake; call `build()` after ingest batches."""
 
-    def __init__(self, config: PreciseConfig, storage: Storage | None = None) -> None:
+    def __init__(self, config: PreciseConfig, storage: Files | None = None) -> None:
         self.config = config.sequences
-        self.storage = storage or Storage(config.storage.resolved_root())
-        self.layout = Layout(self.storage)
+        self.storage = storage or Files(config.storage.resolved_root())
 
     def build(self, full: bool = False) -> list[BuildResult]:
-        with self.storage.exclusive(self.storage.path("sequences", "_build.lock")):
+        with self.storage.lock(store.build_lock(self.storage), "the sequences"):
             ledger = load_ledger(self.storage)
             files = event_files(self.storage)
             covered = ledger.offsets.get(ledger.events_topic or "", {})
@@ -165,19 +153,12 @@ class SequenceBuilder:
 
     # ---- one spec ---------------------------------------------------------------------------------
 
-    def _state_path(self, name: str) -> str:
-        return f"{self.layout.sequences(name)}/_state.json"
-
-    def _bucket_path(self, name: str, bucket: int) -> str:
-        return f"{self.layout.sequences(name)}/bucket-{bucket:04d}.parquet"
-
     def _fingerprint(self, spec: SequenceSpec) -> dict[str, Any]:
         return {"spec": spec.model_dump(), "max_len": self.config.max_len, "buckets": self.config.buckets}
 
     def _build_spec(self, spec: SequenceSpec, files: list[str], covered: dict[int, int], full: bool) -> BuildResult:
         started = time.monotonic()
-        raw_state = self.storage.read_bytes(self._state_path(spec.name))
-        state = json.loads(raw_state) if raw_state else None
+        state = store.read_state(self.storage, spec.name)
         if state is None or state.get("fingerprint") != self._fingerprint(spec):
             full = True
         done = {} if full else {int(p): o for p, o in state["offsets"].items()}
@@ -193,7 +174,7 @@ class SequenceBuilder:
         users_total = 0 if full else int(state.get("users", 0))
         for bucket in touched:
             mine = fresh.filter(pa.array(fresh_bucket == bucket))
-            old = None if full else self._read_bucket(spec.name, bucket)
+            old = None if full else store.read_bucket(self.storage, spec.name, bucket)
             if old is not None and old.num_rows:
                 users_total -= old.num_rows
                 is_touched = pc.is_in(old.column("user_id"), value_set=mine.column("user_id"))
@@ -204,15 +185,15 @@ class SequenceBuilder:
             else:
                 table = with_split(mine)
             users_total += table.num_rows
-            self.storage.write_parquet(self._bucket_path(spec.name, bucket), table)
+            self.storage.write_parquet(store.bucket_path(self.storage, spec.name, bucket), table)
         if full:  # a smaller bucket count leaves files behind: remove them
-            for path in self.storage.list_files(self.layout.sequences(spec.name), recursive=False):
+            for path in store.sequence_files(self.storage, spec.name):
                 name = path.rsplit("/", 1)[-1]
                 if name.startswith("bucket-") and int(name[7:11]) >= buckets:
                     self.storage.delete(path)
         new_state = {"fingerprint": self._fingerprint(spec), "offsets": {str(p): o for p, o in sorted(covered.items())},
                      "users": users_total, "built_at_ms": int(time.time() * 1000)}
-        self.storage.write_bytes(self._state_path(spec.name), json.dumps(new_state, indent=1).encode())
+        store.write_state(self.storage, spec.name, new_state)
         result = BuildResult(spec.name, full, len(new_files), new_events, fresh.num_rows, users_total, len(touched),
                              time.monotonic() - started)
         log.info("sequences %s: %s", spec.name, result)
@@ -251,39 +232,3 @@ class SequenceBuilder:
             table = pa.concat_tables([table.filter(pc.invert(is_split)),
                                       collapse(explode(table.filter(is_split)), self.config.max_len)])
         return table
-
-    def _read_bucket(self, name: str, bucket: int) -> pa.Table | None:
-        path = self._bucket_path(name, bucket)
-        if not self.storage.exists(path):
-            return None
-        return pq.read_table(path, filesystem=self.storage.fs, partitioning=None)
-
-
-# ---- readers for training ---------------------------------------------------------------------------
-
-
-def sequence_files(root: str | os.PathLike[str] | Storage, name: str) -> list[str]:
-    storage = root if isinstance(root, Storage) else Storage(root)
-    return [p for p in storage.list_files(Layout(storage).sequences(name), recursive=False)
-            if p.rsplit("/", 1)[-1].startswith("bucket-") and p.endswith(".parquet")]
-
-
-def read_sequences(root: str | os.PathLike[str] | Storage, name: str) -> pa.Table:
-    """All sequences of spec `name` (pyarrow), sorted by user id."""
-    storage = root if isinstance(root, Storage) else Storage(root)
-    files = sequence_files(storage, name)
-    if not files:
-        return SEQUENCE_SCHEMA.empty_table()
-    tables = [pq.read_table(f, filesystem=storage.fs, partitioning=None) for f in files]
-    return pa.concat_tables(tables).sort_by("user_id")
-
-
-def sequences_dataset(root: str, name: str) -> Any:
-    """The sequences of spec `name` as a Ray Dataset (how training reads them)."""
-    import ray
-
-    storage = Storage(root)
-    files = sequence_files(storage, name)
-    if not files:
-        raise FileNotFoundError(f"no sequences named {name!r} under {storage.uri}; run the ingest job first")
-    return ray.data.read_parquet(files, filesystem=storage.fs, partitioning=None)

@@ -19,19 +19,17 @@ Live, the watermark sits at the boundary and nothing is cut away.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from precise.config import PreciseConfig
 from precise.metrics import best_effort
 from precise.metrics.pipeline import cycle_finished
-from precise.paths import atomic_write_text
 from precise.pipeline.exposure import trained_share
+from precise.store.pipeline import PipelineRecords
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +46,20 @@ class CycleReport:
     seconds: float
 
 
-def _atomic_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(value, indent=2, default=str))
-
-
 class Pipeline:
     def __init__(self, config: PreciseConfig, stop: threading.Event | None = None) -> None:
         self.config = config
         self.settings = config.pipeline
         self.stop = stop or threading.Event()
-        self.folder = Path(config.storage.resolved_root()) / "pipeline" / self.settings.mode
-        self.state_path = self.folder / "state.json"
+        self.records = PipelineRecords(config.storage.resolved_root(), self.settings.mode)
 
     # -- state -----------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        if self.state_path.is_file():
-            return json.loads(self.state_path.read_text())
-        return {"done_boundaries": [], "reports": []}
+        return self.records.state()
 
     def _events(self) -> Any:
-        from precise.ingest.lake import read_events
+        from precise.store.lake import read_events
 
         return read_events(self.config.storage.resolved_root(), columns=["item_id", "ts", "action"]).to_pandas()
 
@@ -133,10 +123,10 @@ class Pipeline:
                 if self.stop.is_set() or (self.settings.max_cycles and trained >= self.settings.max_cycles):
                     break
                 report = self.run_cycle(len(state["done_boundaries"]) + 1, boundary, events)
-                _atomic_json(self.folder / "cycles" / f"{report.cycle:05d}.json", asdict(report))
+                self.records.save_report(report.cycle, asdict(report))
                 state["done_boundaries"].append(boundary)
                 state["reports"].append(asdict(report))
-                _atomic_json(self.state_path, state)  # after the cycle's outputs: restart-safe
+                self.records.save_state(state)  # after the cycle's outputs: restart-safe
                 trained += 1
                 best_effort(cycle_finished, report.mode, self.config.training.target, report.seconds, report.exposure)
                 log.info("cycle %d done in %.0f s", report.cycle, report.seconds)
@@ -144,4 +134,4 @@ class Pipeline:
                 break
             self.stop.wait(self.settings.poll_interval_s)
         return {"mode": self.settings.mode, "cycles_run": trained, "cycles_total": len(self.state()["done_boundaries"]),
-                "reports": str(self.folder / "cycles")}
+                "reports": self.records.cycles_folder}

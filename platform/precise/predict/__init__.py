@@ -1,6 +1,5 @@
-"""predict stage: batch inference of user and item embeddings into versioned snapshots."""
+"""predict stage: batch inference of user and item embeddings into versioned snapshots (precise.store)."""
 
 from precise.predict.embedder import Embedder, EmbedderError, load_embedder
-from precise.predict.snapshot import SnapshotError, SnapshotRef, SnapshotStore
 
-__all__ = ["Embedder", "EmbedderError", "SnapshotError", "SnapshotRef", "SnapshotStore", "load_embedder"]
+__all__ = ["Embedder", "EmbedderError", "load_embedder"]

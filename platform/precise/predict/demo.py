@@ -13,8 +13,9 @@ import numpy as np
 
 from precise.config import IndexConfig
 from precise.predict.embedders import write_vector_table
-from precise.predict.index import normalize
-from precise.predict.snapshot import SnapshotRef, SnapshotStore
+from precise.predict.index import index_builder
+from precise.store.snapshots import SnapshotRef, SnapshotStore
+from precise.vectors import normalize
 
 
 @dataclass
@@ -48,7 +49,7 @@ def publish_random_snapshot(root: str | Path, task: str, *, users: int, items: i
         ref = writer.publish(model_version=model_version,
                              embedder={"import_path": "precise.predict.embedders:TableEmbedder",
                                        "kwargs": {"items_path": str(table), "model_version": model_version}},
-                             index_config=index or IndexConfig(),
+                             build_index=index_builder(index or IndexConfig()),
                              extra={"sources": {"random_seed": seed}})
     return ref, RandomVectors(user_ids, normalize(user_vectors), item_ids, normalize(item_vectors), table)
 

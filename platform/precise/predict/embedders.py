@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from precise.vectors import vectors_from_arrow, vectors_to_arrow
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
@@ -59,28 +60,6 @@ def read_vector_table(path: str | Path, id_column: str = "item_id") -> tuple[lis
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: duplicate ids in column {id_column!r}")
     return ids, vectors
-
-
-def vectors_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A list<float> / fixed_size_list<float> column as a dense [n, d] float32 matrix."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if len(column) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    if pa.types.is_fixed_size_list(column.type):
-        dim = column.type.list_size
-    else:
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        if lengths.min() != lengths.max():
-            raise ValueError(f"vectors have different lengths ({lengths.min()}..{lengths.max()})")
-        dim = int(lengths[0])
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(column), dim)
-
-
-def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
 
 
 def write_vector_table(path: str | Path, ids: list[str], vectors: np.ndarray, id_column: str = "item_id") -> None:

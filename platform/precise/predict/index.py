@@ -9,39 +9,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
 import numpy as np
 
 from precise.config import IndexConfig
+from precise.store.snapshots import IndexBuilder, IndexInfo
 
 FLAT, HNSW, IVF = "flat_ip", "hnsw", "ivf_flat"
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32, contiguous); all-zero rows stay zero."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim == 1:
-        return normalize(vectors[None, :])[0]
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-@dataclass
-class IndexInfo:
-    """What the manifest records about an index."""
-
-    type: str
-    params: dict[str, Any] = field(default_factory=dict)
-    build_s: float = 0.0
-    recall_k: int = 0
-    recall_queries: int = 0
-    recall_at_k: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, IndexInfo]:
@@ -126,3 +102,8 @@ def build_and_measure(items: np.ndarray, queries: np.ndarray, config: IndexConfi
     info.recall_queries = len(rows)
     info.recall_at_k = round(measure_recall(index, info, items, pool[np.sort(rows)], info.recall_k), 4)
     return index, info
+
+
+def index_builder(config: IndexConfig) -> IndexBuilder:
+    """What a snapshot writer calls to index its items: `build_and_measure` with these settings."""
+    return lambda items, queries: build_and_measure(items, queries, config)

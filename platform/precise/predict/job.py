@@ -27,9 +27,9 @@ from precise.config import KafkaConfig, PreciseConfig
 from precise.metrics import best_effort
 from precise.metrics.predict import snapshot_published
 from precise.predict.embedder import load_embedder, set_thread_counts
-from precise.predict.embedders import vectors_from_arrow, vectors_to_arrow
-from precise.predict.index import normalize
-from precise.predict.snapshot import SnapshotError, SnapshotRef, SnapshotStore
+from precise.predict.index import index_builder
+from precise.store.snapshots import SnapshotError, SnapshotRef, SnapshotStore
+from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
         try:
             ref = writer.publish(model_version=model_version,
                                  embedder={"import_path": p.embedder.import_path, "kwargs": p.embedder.kwargs},
-                                 index_config=p.index,
+                                 build_index=index_builder(p.index), recall_queries=p.index.recall_queries,
                                  extra={"cycle": cycle, "users_skipped": users_skipped, "sources": sources})
         except SnapshotError as exc:
             raise PredictError(str(exc)) from None

@@ -17,10 +17,9 @@ import torch
 from safetensors.numpy import load as load_arrays
 
 from precise.model import ModelConfig, build_model
+from precise.model.inputs import right_aligned
 from precise.model.text_adapter import TokenProjection, load_token_states
-from precise.registry import ModelRegistry, RegistryError
-from precise.train.ray_job import ITEMS_FILE, PROJECTION_FILE
-from precise.train.sequences import right_aligned
+from precise.store.registry import ITEMS_FILE, PROJECTION_FILE, ModelRegistry, RegistryError
 
 
 class RegistryEmbedder:

@@ -16,8 +16,9 @@ import faiss
 import numpy as np
 
 from precise.predict.embedder import Embedder, load_embedder
-from precise.predict.index import IndexInfo, normalize, search
-from precise.predict.snapshot import SnapshotError, SnapshotRef, read_index, read_items, read_users
+from precise.predict.index import search
+from precise.store.snapshots import IndexInfo, SnapshotError, SnapshotRef, read_index, read_items, read_users
+from precise.vectors import normalize
 
 
 class NotFoundError(LookupError):

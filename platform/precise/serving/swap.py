@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from precise.predict.snapshot import SnapshotError, SnapshotStore
 from precise.serving.state import ServedSnapshot, load_served_snapshot
+from precise.store.snapshots import SnapshotError, SnapshotStore
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,12 @@ wrong shape is treated as a miss and rewritten, so a damaged cache heals instead
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
 
-from precise.paths import atomic_write
+from precise.store.files import write_local
 
 # Bump when what a file means changes (layout, extraction rule, model file) so old entries are ignored.
 FORMAT_VERSION = 1
@@ -54,7 +55,7 @@ class TokenCache:
         """Store states atomically (temp file in the same folder, fsync, rename)."""
         if states.dtype != np.float16 or states.ndim != 2 or states.shape[1] != self.dim:
             raise ValueError(f"expected float16 [n, {self.dim}] states, got {states.dtype} {states.shape}")
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # a cache: a rename lost in a crash only costs a re-encode, so no folder fsync per item
-        atomic_write(target, lambda f: np.save(f, states, allow_pickle=False), sync_folder=False)
+        buffer = io.BytesIO()
+        np.save(buffer, states, allow_pickle=False)
+        # a cache: a file lost in a crash only costs a re-encode (a damaged one is a miss), so no fsync
+        write_local(self.path(key), buffer.getvalue(), durable=False)

@@ -43,14 +43,12 @@ from precise.metrics import best_effort
 from precise.metrics.train import epoch_finished, model_registered
 from precise.model import ModelConfig, build_model
 from precise.model.config import PAD
+from precise.model.inputs import right_aligned
 from precise.model.text_adapter import TokenProjection, fit_token_projection, load_token_states, token_table
-from precise.registry import ModelRegistry, ModelVersion, RegistryError
+from precise.store.registry import ITEMS_FILE, PROJECTION_FILE, ModelRegistry, ModelVersion, RegistryError
 from precise.train.evaluate import evaluate_model
 from precise.train.loop import TrainConfig, amp_dtype, make_optimizer, train_step
-from precise.train.sequences import EvalSet, right_aligned
-
-ITEMS_FILE = "items.json"
-PROJECTION_FILE = "token_projection.safetensors"
+from precise.train.sequences import EvalSet
 
 
 class TrainingError(RuntimeError):
@@ -165,7 +163,7 @@ def validation_set(sequences: pa.Table, lookup: dict[str, int], max_len: int) ->
 
 def _catalogue(root: str) -> list[str]:
     """Item ids of the lake's item table, oldest first (a stable order for new indices)."""
-    from precise.ingest.lake import read_items
+    from precise.store.lake import read_items
 
     table = read_items(root)
     if table.num_rows == 0:
@@ -176,7 +174,7 @@ def _catalogue(root: str) -> list[str]:
 
 def _text_table(config: PreciseConfig, items: list[str], token_dim: int,
                 projection: TokenProjection | None) -> tuple[tuple[np.ndarray, np.ndarray], TokenProjection]:
-    from precise.ingest.lake import read_items
+    from precise.store.lake import read_items
 
     table = read_items(config.storage.resolved_root())
     texts = dict(zip(table.column("item_id").to_pylist(), table.column("text").to_pylist(), strict=True))
@@ -200,7 +198,7 @@ def _load_parent_assets(registry: ModelRegistry, parent: ModelVersion) -> tuple[
 def prepare(config: PreciseConfig, kind: str, full: bool = False, until_ts: int | None = None,
             warm_start: bool = True) -> Prepared:
     """Everything a training run needs, from the lake and the registry."""
-    from precise.ingest.sequences import read_sequences
+    from precise.store.sequences import read_sequences
 
     t = config.training
     root = config.storage.resolved_root()
@@ -273,7 +271,7 @@ def _family(config: PreciseConfig, prepared: Prepared) -> str:
 
 def training_dataset(config: PreciseConfig, prepared: Prepared) -> Any:
     """Ray Dataset of right-aligned windows: `input_ids`/`target_ids` (universal) or `seq` (targeted)."""
-    from precise.ingest.sequences import sequences_dataset
+    from precise.store.sequences import sequences_dataset
 
     spec = _family(config, prepared)
     lookup = {item: i + 1 for i, item in enumerate(prepared.items)}
@@ -517,9 +515,6 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
 
 def _sequence_state(root: str, config: PreciseConfig, prepared: Prepared) -> dict[str, Any]:
     """The ledger offsets the training sequences covered (from the sequence builder's state)."""
-    spec = _family(config, prepared)
-    path = Path(root) / "sequences" / spec / "_state.json"
-    try:
-        return json.loads(path.read_text()).get("offsets", {})
-    except (OSError, json.JSONDecodeError):
-        return {}
+    from precise.store.sequences import read_state
+
+    return (read_state(root, _family(config, prepared)) or {}).get("offsets", {})

@@ -25,6 +25,7 @@ import torch
 
 from precise.data.movielens import EventDataset
 from precise.model.config import PAD
+from precise.model.inputs import right_aligned
 
 
 @dataclass(frozen=True)
@@ -119,16 +120,6 @@ class Split:
     target_valid: EvalSet
     target_test: EvalSet
     target_test_universal: EvalSet  # same users/targets as target_test, all-scene input S_u[:-1]
-
-
-def right_aligned(seqs: list[np.ndarray] | tuple[np.ndarray, ...], max_len: int) -> np.ndarray:
-    """Stack the last `max_len` items of each sequence, most recent item in the last column."""
-    out = np.zeros((len(seqs), max_len), dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        tail = seq[-max_len:]
-        if len(tail):
-            out[row, max_len - len(tail) :] = tail
-    return out
 
 
 def _eval_set(users: list[str], inputs: list[np.ndarray], targets: list[int], max_len: int) -> EvalSet:

@@ -6,7 +6,7 @@ Layout under the storage root (local path or URI):
     lake/events/date=YYYY-MM-DD/p{P}-{S}-{E}.parquet   valid events, by event date (UTC)
     lake/dead_letter/topic=<topic>/p{P}-{S}-{E}.parquet rejected records, raw bytes and reason
     lake/items/items.parquet                        latest text and first-seen time per item
-    sequences/<name>/bucket-{B}.parquet (+ _state.json)  per-user sequences (precise.ingest.sequences)
+    sequences/<name>/bucket-{B}.parquet (+ _state.json)  per-user sequences (precise.store.sequences)
 
 `p{P}-{S}-{E}` names the Kafka partition P and the offset range [S, E) the file came from, so a
 batch re-run after a crash writes the same names and overwrites. The ledger is written after the
@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from precise.ingest.storage import Storage
+from precise.store.files import Files
 
 LEDGER_VERSION = 1
 _FILE_NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
@@ -77,7 +77,7 @@ ITEM_SCHEMA = pa.schema([
 class Layout:
     """Where each part of the lake lives under a storage root."""
 
-    storage: Storage
+    storage: Files
 
     @property
     def lake(self) -> str:
@@ -109,9 +109,6 @@ class Layout:
     def dead_letter_file(self, topic: str, partition: int, start: int, end: int) -> str:
         return f"{self.dead_letter}/topic={topic}/{range_file_name(partition, start, end)}"
 
-    def sequences(self, name: str) -> str:
-        return self.storage.path("sequences", name)
-
 
 def range_file_name(partition: int, start: int, end: int) -> str:
     """`p{partition}-{start}-{end}.parquet` for offsets [start, end), zero-padded to sort."""
@@ -122,6 +119,29 @@ def parse_range_file_name(path: str) -> tuple[int, int, int] | None:
     """(partition, start, end) of a lake data file, None for anything else."""
     match = _FILE_NAME.match(path.rsplit("/", 1)[-1])
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def spans(paths: list[str]) -> dict[tuple[str, int], list[tuple[int, int, str]]]:
+    """The lake's range files by (folder, partition): their (start, end, path), sorted."""
+    out: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
+    for path in paths:
+        parsed = parse_range_file_name(path)
+        if parsed is not None:
+            out.setdefault((path.rsplit("/", 1)[0], parsed[0]), []).append((parsed[1], parsed[2], path))
+    return {key: sorted(ranges) for key, ranges in out.items()}
+
+
+def superseded(paths: list[str]) -> set[str]:
+    """Files whose (partition, range) lies strictly inside a wider file's in the same folder: the
+    sources of a compaction (precise.ingest.compact), hidden from every reader once it is written."""
+    out: set[str] = set()
+    for ranges in spans(paths).values():
+        if len(ranges) < 2:
+            continue
+        for start, end, path in ranges:
+            if any(s <= start and end <= e and (s, e) != (start, end) for s, e, _ in ranges):
+                out.add(path)
+    return out
 
 
 @dataclass
@@ -160,12 +180,12 @@ class Ledger:
                    totals=dict(raw.get("totals", {})))
 
 
-def load_ledger(storage: Storage) -> Ledger:
+def load_ledger(storage: Files) -> Ledger:
     data = storage.read_bytes(Layout(storage).ledger)
     return Ledger() if data is None else Ledger.from_json(data)
 
 
-def save_ledger(storage: Storage, ledger: Ledger) -> None:
+def save_ledger(storage: Files, ledger: Ledger) -> None:
     """Atomically replace the ledger: the commit point of a batch."""
     ledger.committed_at_ms = int(time.time() * 1000)
     storage.write_bytes(Layout(storage).ledger, ledger.to_json())
@@ -183,19 +203,17 @@ def split_committed(paths: list[str], offsets: dict[int, int]) -> tuple[list[str
     return committed, uncommitted
 
 
-def _dead_letter_files(storage: Storage, topic: str | None) -> list[str]:
+def _dead_letter_files(storage: Files, topic: str | None) -> list[str]:
     return storage.list_files(f"{Layout(storage).dead_letter}/topic={topic}") if topic else []
 
 
 # ---- readers for other stages (training, tools, tests) -------------------------------------------
 
 
-def event_files(root: str | os.PathLike[str] | Storage) -> list[str]:
-    """Paths (on `Storage(root).fs`) of the committed event files, oldest partition ranges first;
+def event_files(root: str | os.PathLike[str] | Files) -> list[str]:
+    """Paths (on `Files(root).fs`) of the committed event files, oldest partition ranges first;
     files superseded by a compacted one (`precise.ingest.compact`) are left out."""
-    from precise.ingest.compact import superseded
-
-    storage = root if isinstance(root, Storage) else Storage(root)
+    storage = root if isinstance(root, Files) else Files(root)
     ledger = load_ledger(storage)
     if ledger.events_topic is None:
         return []
@@ -205,9 +223,9 @@ def event_files(root: str | os.PathLike[str] | Storage) -> list[str]:
     return [path for path in committed if path not in old]
 
 
-def read_events(root: str | os.PathLike[str] | Storage, columns: list[str] | None = None) -> pa.Table:
+def read_events(root: str | os.PathLike[str] | Files, columns: list[str] | None = None) -> pa.Table:
     """Every committed event (pyarrow; for tools and tests; use `events_dataset` for big lakes)."""
-    storage = root if isinstance(root, Storage) else Storage(root)
+    storage = root if isinstance(root, Files) else Files(root)
     files = event_files(storage)
     if not files:
         return EVENT_SCHEMA.empty_table().select(columns or EVENT_SCHEMA.names)
@@ -224,7 +242,7 @@ def events_dataset(root: str | os.PathLike[str], columns: list[str] | None = Non
     """
     import ray
 
-    storage = Storage(root)
+    storage = Files(root)
     files = event_files(storage)
     if not files:
         return ray.data.from_arrow(EVENT_SCHEMA.empty_table().select(columns or EVENT_SCHEMA.names))
@@ -242,9 +260,9 @@ def read_parquet_files(batch: pa.Table, filesystem: Any, columns: list[str] | No
     return pads.dataset(files, format="parquet", filesystem=filesystem).to_table(columns=columns)
 
 
-def read_dead_letters(root: str | os.PathLike[str] | Storage) -> pa.Table:
+def read_dead_letters(root: str | os.PathLike[str] | Files) -> pa.Table:
     """Every committed dead-letter record, of both topics."""
-    storage = root if isinstance(root, Storage) else Storage(root)
+    storage = root if isinstance(root, Files) else Files(root)
     ledger = load_ledger(storage)
     tables = []
     for topic in (ledger.events_topic, ledger.items_topic):
@@ -253,9 +271,9 @@ def read_dead_letters(root: str | os.PathLike[str] | Storage) -> pa.Table:
     return pa.concat_tables(tables) if tables else DEAD_LETTER_SCHEMA.empty_table()
 
 
-def read_items(root: str | os.PathLike[str] | Storage) -> pa.Table:
+def read_items(root: str | os.PathLike[str] | Files) -> pa.Table:
     """The item table (latest version of every item seen on the item topic)."""
-    storage = root if isinstance(root, Storage) else Storage(root)
+    storage = root if isinstance(root, Files) else Files(root)
     path = Layout(storage).items
     if not storage.exists(path):
         return ITEM_SCHEMA.empty_table()

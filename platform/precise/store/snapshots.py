@@ -17,13 +17,13 @@ root is a local or mounted filesystem (NFS, EFS, a KubeRay PVC).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,14 +33,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from precise.config import IndexConfig
-from precise.paths import atomic_write_text
-from precise.predict.embedders import vectors_from_arrow, vectors_to_arrow
-from precise.predict.index import IndexInfo, build_and_measure, normalize
+from precise.store.files import Files, local_root
+from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 
 FORMAT = 1
 MANIFEST, LATEST, INDEX, USERS = "manifest.json", "LATEST", "index.faiss", "users"
 ITEMS, ITEM_ID_MAP = "items.parquet", "item_id_map.parquet"
+
+
+@dataclass
+class IndexInfo:
+    """What the manifest records about an index."""
+
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    build_s: float = 0.0
+    recall_k: int = 0
+    recall_queries: int = 0
+    recall_at_k: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+IndexBuilder = Callable[[np.ndarray, np.ndarray], tuple[faiss.Index, IndexInfo]]  # (items, queries) -> index
 
 
 class SnapshotError(LookupError):
@@ -58,14 +74,15 @@ class SnapshotRef:
 class SnapshotStore:
     """The snapshots of one task under `<root>/embeddings/<task>/`."""
 
-    def __init__(self, root: str | Path, task: str) -> None:
-        root = str(root)
-        if "://" in root and not root.startswith("file://"):
-            raise SnapshotError(f"snapshot root {root!r}: only local or mounted filesystems are supported")
+    def __init__(self, root: str | Path | Files, task: str) -> None:
         if not task or "/" in task or task.startswith("."):
             raise SnapshotError(f"bad task name {task!r}")
+        try:
+            self.files = local_root(root)
+        except ValueError as exc:
+            raise SnapshotError(f"embedding snapshots: {exc}") from None
         self.task = task
-        self.dir = Path(root.removeprefix("file://")) / "embeddings" / task
+        self.dir = self.files.local_path("embeddings", task)
 
     def versions(self) -> list[str]:
         if not self.dir.is_dir():
@@ -104,22 +121,12 @@ class SnapshotStore:
         while True:
             version = f"{number:06d}"
             manifest = {**manifest, "version": version}
-            atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-            try:
-                os.rename(staging, self.dir / version)  # fails if a concurrent writer took it
+            self.files.write_bytes(str(staging / MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
+            if self.files.publish_dir(staging, self.dir / version):  # a concurrent writer may take it
                 break
-            except OSError:
-                number += 1
-        self._advance_latest(version)
+            number += 1
+        self.files.advance_pointer(self.dir / LATEST, version)
         return SnapshotRef(self.task, version, self.dir / version, manifest)
-
-    def _advance_latest(self, version: str) -> None:
-        # Under a lock, and only forwards: a slow writer must not move LATEST back past a newer one.
-        with open(self.dir / ".latest.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            current = self.latest_version() or ""
-            if version > current:
-                atomic_write_text(self.dir / LATEST, version)
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions (never LATEST); returns what was deleted.
@@ -140,7 +147,7 @@ class SnapshotWriter:
         with store.writer() as w:
             w.write_items(item_ids, item_vectors)
             w.write_users(user_ids, user_vectors)    # or Ray Data writes Parquet into w.users_dir
-            ref = w.publish(model_version=..., embedder={...}, index_config=IndexConfig())
+            ref = w.publish(model_version=..., embedder={...}, build_index=...)
     """
 
     def __init__(self, store: SnapshotStore) -> None:
@@ -189,8 +196,10 @@ class SnapshotWriter:
             except OSError:
                 shutil.copy2(path, target)
 
-    def publish(self, model_version: str, embedder: dict[str, Any], index_config: IndexConfig,
-                extra: dict[str, Any] | None = None) -> SnapshotRef:
+    def publish(self, model_version: str, embedder: dict[str, Any], build_index: IndexBuilder,
+                extra: dict[str, Any] | None = None, recall_queries: int = 500) -> SnapshotRef:
+        """Build the index over the items (`build_index(items, sampled user vectors)`, e.g.
+        `precise.predict.index.build_and_measure`), write the manifest, publish, move LATEST."""
         if self._item_vectors is None or self._item_ids is None:
             raise SnapshotError("write_items before publish: a snapshot needs its item vectors")
         items = self._item_vectors
@@ -200,10 +209,10 @@ class SnapshotWriter:
                                      for p in user_files)))
         if distinct != num_users:
             raise SnapshotError(f"{num_users - distinct} duplicate user ids across the user files")
-        sample = _sample_user_vectors(user_files, index_config.recall_queries)
+        sample = _sample_user_vectors(user_files, recall_queries)
         if len(sample) and sample.shape[1] != items.shape[1]:
             raise SnapshotError(f"user vectors have dim {sample.shape[1]}, item vectors {items.shape[1]}")
-        index, info = build_and_measure(items, sample, index_config)
+        index, info = build_index(items, sample)
         faiss.write_index(index, str(self.staging / INDEX))
         now = time.time()
         manifest = {

@@ -12,9 +12,7 @@ sequence numbers; two concurrent writers cannot take the same one (mkdir is excl
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -25,11 +23,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from precise.paths import atomic_write_text
+from precise.store.files import Files, local_root
 
 KINDS = ("universal", "targeted")
 _WEIGHTS = "model.safetensors"
 _META = "metadata.json"
+ITEMS_FILE = "items.json"  # the item vocabulary: index i <-> items[i - 1]
+PROJECTION_FILE = "token_projection.safetensors"  # the fixed LLM-state projection of the text variants
 
 
 class RegistryError(LookupError):
@@ -51,13 +51,14 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    def __init__(self, root: str | Path) -> None:
-        root = str(root)
-        if "://" in root and not root.startswith("file://"):
-            # Object stores need a different atomic-publish protocol (conditional writes); the
-            # local stack and shared filesystems (NFS, EFS, a KubeRay PVC) are supported today.
-            raise RegistryError(f"registry root {root!r}: only local or mounted filesystems are supported")
-        self.root = Path(root.removeprefix("file://")) / "models"
+    def __init__(self, root: str | Path | Files) -> None:
+        try:
+            # Object stores need another atomic-publish protocol (conditional writes); the local
+            # stack and shared filesystems (NFS, EFS, a KubeRay PVC) are supported today.
+            self.files = local_root(root)
+        except ValueError as exc:
+            raise RegistryError(f"model registry: {exc}") from None
+        self.root = self.files.local_path("models")
 
     def _dir(self, kind: str, task: str | None) -> Path:
         if kind not in KINDS:
@@ -95,27 +96,14 @@ class ModelRegistry:
                 meta = {**metadata, "kind": kind, "task": task, "version": version,
                         "registered_at": time.time()}
                 (staging / _META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-                try:
-                    os.rename(staging, folder / version)  # fails if a concurrent writer took it
+                if self.files.publish_dir(staging, folder / version):  # a concurrent writer may take it
                     break
-                except OSError:
-                    number += 1
+                number += 1
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._advance_latest(folder, version)
+        self.files.advance_pointer(folder / "LATEST", version)
         return ModelVersion(kind, task, version, folder / version, meta)
-
-    @staticmethod
-    def _advance_latest(folder: Path, version: str) -> None:
-        # Under a lock, and only forwards: a slow writer of an older version must not move
-        # LATEST back past a newer one published meanwhile.
-        with open(folder / ".latest.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            pointer = folder / "LATEST"
-            current = pointer.read_text().strip() if pointer.is_file() else ""
-            if version > current:
-                atomic_write_text(pointer, version)
 
     def get(self, kind: str, version: str, task: str | None = None) -> ModelVersion:
         path = self._dir(kind, task) / version

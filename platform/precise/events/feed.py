@@ -1,0 +1,147 @@
+"""A live view of the behaviour stream for serving: each replica follows `behavior-events` itself.
+
+`KafkaRecentFeed` reads every partition (no consumer group: each serving replica keeps its own
+complete view) from `backfill_per_partition` records before the end, forever, in a daemon thread,
+and adds each event to a sink (`precise.serving.recent.RecentItems`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class RecentSink(Protocol):
+    evicted_users: int
+
+    def add(self, user_id: str, item_id: str, ts: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+def parse_recent_event(value: bytes) -> tuple[str, str, int, str]:
+    """(user_id, item_id, ts, action) from a behaviour event's JSON; ValueError if it is not one."""
+    try:
+        event = json.loads(value)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise ValueError("not a JSON object")
+    user, item, ts, action = event.get("user_id"), event.get("item_id"), event.get("ts"), event.get("action", "")
+    if not isinstance(user, str) or not user or not isinstance(item, str) or not item:
+        raise ValueError("user_id and item_id must be non-empty strings")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise ValueError("ts must be an integer (epoch milliseconds)")
+    return user, item, ts, action if isinstance(action, str) else ""
+
+
+class KafkaRecentFeed:
+    """Consumes `topic` from `backfill_per_partition` records before each partition's end, forever."""
+
+    def __init__(self, recent: RecentSink, bootstrap_servers: str, topic: str,
+                 actions: list[str] | None = None, backfill_per_partition: int = 100_000,
+                 client_options: dict[str, Any] | None = None) -> None:
+        self.recent = recent
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.actions = set(actions) if actions else None
+        self.backfill = backfill_per_partition
+        self.client_options = client_options or {}
+        self.consumed = 0
+        self.invalid = 0
+        self.filtered = 0
+        self.last_error: str | None = None
+        self._positions: dict[int, int] = {}
+        self._ends: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"recent-items-{topic}", daemon=True)
+
+    def start(self) -> KafkaRecentFeed:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        lag = sum(max(0, self._ends.get(p, 0) - pos) for p, pos in self._positions.items())
+        return {"topic": self.topic, "users": len(self.recent), "consumed": self.consumed,
+                "invalid": self.invalid, "filtered": self.filtered, "lag": lag,
+                "partitions": len(self._positions), "evicted_users": self.recent.evicted_users,
+                "last_error": self.last_error}
+
+    def _run(self) -> None:
+        # Reconnect on any client error: a broker restart must not end recent-item tracking.
+        while not self._stop.is_set():
+            try:
+                self._consume()
+            except Exception as exc:  # noqa: BLE001 - logged, reported in stats, retried
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("recent-items feed on %s failed, retrying: %s", self.topic, self.last_error)
+                self._stop.wait(2.0)
+
+    def _consume(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                 group_id=None, **self.client_options)
+        try:
+            assigned: set[int] = set()
+            next_refresh = 0.0
+            while not self._stop.is_set():
+                if time.monotonic() >= next_refresh:  # pick up new partitions (and a late topic)
+                    partitions = consumer.partitions_for_topic(self.topic) or set()
+                    if partitions - assigned:
+                        self._assign(consumer, partitions, assigned, TopicPartition)
+                    tps = [TopicPartition(self.topic, p) for p in assigned]
+                    if tps:
+                        self._ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+                    next_refresh = time.monotonic() + 5.0
+                if not assigned:
+                    self._stop.wait(0.5)
+                    continue
+                for tp, records in consumer.poll(timeout_ms=200, max_records=5000).items():
+                    for record in records:
+                        self._ingest(record.value)
+                    self._positions[tp.partition] = records[-1].offset + 1
+                    self._ends[tp.partition] = max(self._ends.get(tp.partition, 0), records[-1].offset + 1)
+        finally:
+            consumer.close()
+
+    def _assign(self, consumer: Any, partitions: set[int], assigned: set[int], tp_cls: type) -> None:
+        new = [tp_cls(self.topic, p) for p in sorted(partitions - assigned)]
+        old = sorted(assigned)
+        assigned.update(partitions)
+        consumer.assign([tp_cls(self.topic, p) for p in sorted(assigned)])
+        for p in old:  # a new assignment may forget positions: continue where we were
+            consumer.seek(tp_cls(self.topic, p), self._positions[p])
+        starts = consumer.beginning_offsets(new)
+        ends = consumer.end_offsets(new)
+        for tp in new:
+            start = max(starts[tp], ends[tp] - self.backfill)
+            consumer.seek(tp, start)
+            self._positions[tp.partition] = start
+            self._ends[tp.partition] = ends[tp]
+
+    def _ingest(self, value: bytes) -> None:
+        try:
+            user, item, ts, action = parse_recent_event(value)
+        except ValueError:
+            # The ingest pipeline dead-letters bad events; here they are only counted.
+            self.invalid += 1
+            return
+        if self.actions is not None and action not in self.actions:
+            self.filtered += 1
+            return
+        self.recent.add(user, item, ts)
+        self.consumed += 1

@@ -1,0 +1,218 @@
+"""Files under one storage root: a local folder or any pyarrow / fsspec filesystem URI.
+
+The one place that writes, locks and syncs what lives under `storage.root` (and the local caches):
+
+* **atomic write** (`write`, `write_bytes`, `write_parquet`): every file appears whole or not at
+  all. On a local disk it is written to a hidden temporary name in the same folder, flushed, then
+  renamed over its final name (rename is atomic and replaces an older copy, which is what makes
+  re-running a crashed batch overwrite instead of duplicate). On object stores (s3://, gs://, ...)
+  a single PUT is already atomic, so files are written in place. Hidden names start with "." so
+  that pyarrow and Ray Data never read a half-written file.
+* **sync** (`sync`): the data files of a batch are flushed together by one syncfs before the
+  ledger that vouches for them is written (an fsync per file cost ~8 ms each, and a historical
+  replay writes one file per partition and day).
+* **lock** (`lock`): an exclusive advisory lock held by one process.
+* **publish a folder** (`publish_dir`) and **move a pointer forward** (`advance_pointer`): how the
+  model registry and the embedding snapshots publish a version (local and mounted filesystems).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+TMP_PREFIX = ".tmp-"
+
+
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in root or root.startswith("file://"):
+        return pafs.LocalFileSystem(), str(Path(root.removeprefix("file://")).expanduser().resolve())
+    try:
+        fs, path = pafs.FileSystem.from_uri(root)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        try:
+            import fsspec
+        except ImportError:  # pragma: no cover - fsspec ships with ray[data]
+            raise ValueError(f"storage root {root!r}: pyarrow does not know this scheme and fsspec is "
+                             f"not installed") from None
+        try:
+            fs_, path = fsspec.core.url_to_fs(root)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"storage root {root!r}: no filesystem for this URI ({exc})") from None
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs_))
+    return fs, path.rstrip("/") or "/"
+
+
+class Files:
+    """Paths under one root and the whole-file operations every stage uses."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        root = os.fspath(root)
+        self.uri = root
+        self.fs, self.root = _filesystem(root)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def local_path(self, *parts: str) -> Path:
+        """A path under a local root, for libraries that write local files (safetensors, FAISS)."""
+        if not self.local:
+            local_root(self.uri)  # raises, naming the root
+        return Path(self.path(*parts))
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def list_files(self, folder: str, recursive: bool = True) -> list[str]:
+        """Files (not folders) under `folder`, sorted; empty if it does not exist."""
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=recursive, allow_not_found=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(path)
+
+    def write_bytes(self, path: str, data: bytes, durable: bool = True) -> None:
+        self.write(path, lambda out: out.write(data), durable)
+
+    def write_parquet(self, path: str, table: pa.Table, durable: bool = True) -> None:
+        """Write `table` atomically; `durable=False` defers the flush to disk to a later `sync()`."""
+        self.write(path, lambda out: pq.write_table(table, out, compression="zstd"), durable)
+
+    def write(self, path: str, writer: Callable[[IO[bytes]], object], durable: bool = True) -> None:
+        """The atomic write: `writer` fills a binary file that replaces `path` whole.
+
+        `durable`: flush the file and its folder to disk before returning (a crash right after keeps
+        it); otherwise a later `sync()` does it for many files at once."""
+        folder, name = path.rsplit("/", 1)
+        if not self.local:
+            self.fs.create_dir(folder, recursive=True)
+            with self.fs.open_output_stream(path) as out:
+                writer(out)
+            return
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
+        try:
+            with open(tmp, "wb") as out:
+                writer(out)
+                out.flush()
+                if durable:
+                    os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        if durable:
+            _fsync_dir(folder)
+
+    def sync(self) -> None:
+        """Flush everything written so far to disk (one syncfs instead of an fsync per file)."""
+        if not self.local:
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(self.root if os.path.isdir(self.root) else os.path.dirname(self.root), os.O_RDONLY)
+            try:
+                if libc.syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        except (OSError, AttributeError):
+            pass
+        os.sync()
+
+    def temp_files(self, folder: str) -> list[str]:
+        """Leftovers of writes a crash interrupted (local disks only)."""
+        return [p for p in self.list_files(folder) if p.rsplit("/", 1)[-1].startswith(TMP_PREFIX)]
+
+    @contextlib.contextmanager
+    def lock(self, path: str, what: str = "this lake") -> Iterator[None]:
+        """Hold an exclusive advisory lock at `path` (local disks), or raise at once if another
+        process holds it. The kernel drops the lock when the process dies, so a killed job never
+        blocks its restart. Object stores have no such lock; there, run one writer per lake."""
+        if not self.local:
+            yield
+            return
+        import fcntl
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"{path} is held by another process: one writer of {what} at a time") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def publish_dir(self, staging: Path, final: Path) -> bool:
+        """Rename a fully written staging folder to `final`; False when `final` exists already
+        (a concurrent writer took that name): the rename is the atomic publish of a version."""
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if final.exists():
+                return False
+            raise
+        _fsync_dir(str(final.parent))
+        return True
+
+    def advance_pointer(self, pointer: Path, version: str) -> bool:
+        """Point `pointer` (a LATEST file) at `version` if it is newer than what it names now.
+
+        Under a lock, and only forwards: a slow writer of an older version must not move LATEST
+        back past a newer one published meanwhile. True when it moved."""
+        import fcntl
+
+        with open(pointer.parent / f".{pointer.name.lower()}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = pointer.read_text().strip() if pointer.is_file() else ""
+            if version <= current:
+                return False
+            self.write_bytes(str(pointer), version.encode())
+            return True
+
+
+def local_root(root: str | os.PathLike[str] | Files) -> Files:
+    """`Files` of a root that must be a local or mounted filesystem (checked before any connection)."""
+    if isinstance(root, Files):
+        uri = root.uri
+    else:
+        uri = os.fspath(root)
+    if "://" in uri and not uri.startswith("file://"):
+        raise ValueError(f"storage root {uri!r}: this artifact needs a local or mounted filesystem "
+                         f"(NFS, EFS, a KubeRay volume); only local or mounted roots are supported")
+    return root if isinstance(root, Files) else Files(uri)
+
+
+def write_local(path: Path, data: bytes, durable: bool = True) -> None:
+    """The atomic write for a single local file outside any root (a cache entry, a state file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Files(path.parent).write_bytes(str(path.resolve()), data, durable)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
