@@ -1,306 +1,268 @@
-"""Offline quality of the PRECISE variants (paper tables III, IV, VI, VII) on MovieLens.
+"""Offline quality of the PRECISE variants (paper tables III, IV, VI, VII) on MovieLens, measured
+through the platform's own training recipe.
 
-    python benchmarks/quality.py [--config configs/<file>.yaml] [--quick] [--device cpu|cuda]
+    python benchmarks/quality.py [--config configs/quality_ml100k.yaml] [--quick]
+                                 [--variants ut,ut_tt] [--seeds 42,43] [--device cpu|cuda] [--root DIR]
 
-Trains every variant of the config with the plain loop, selects each one's best epoch on the
-validation item, evaluates on the test item (leave-one-out, full ranking over all items), prints a
-Markdown table, saves training curves under results/, and ends with one JSON line:
-{"dataset", "protocol": {sequence length, negatives, epochs, seeds, ...}, "results": {variant:
-{"R@10", ..., "N@50", "cold": {...}, "history_masked": {...}}}}.
+1. The dataset is replayed into Kafka (a private broker, or PRECISE_KAFKA_BOOTSTRAP) and ingested
+   into a lake of its own by the ingest job: the platform's validation, lake and sequence builder.
+   Built once and kept (`--root`, default `<PRECISE_HOME>/bench/<dataset>-<sequences fingerprint>`).
+2. Every (seed, variant) runs `precise.train.recipe` in-process: setup from that lake (the split of
+   `precise.store.sequences`), fit with best-epoch selection on the validation cases, register into
+   a registry of its own, then evaluate the registered weights on the test cases. ut_tt warm-starts
+   from the same seed's ut, as targeted training warm-starts from the LATEST universal model.
+   The config is a platform config (the same file runs `jobs/universal.py` / `jobs/targeted.py`)
+   with a `quality:` section; a variant sets the fusion (id_only, llm_only, pool, ut = moe) or the
+   targeted start (tt: from scratch, ut_tt: warm start).
 
-Universal variants (id_only, llm_only, pool, ut) are evaluated on the all-scene task; targeted
-variants (tt, ut_tt) on the target task of the config (by default: the next *liked* movie), where
-`ut_target` (the universal model alone) and popularity give the reference rows.
+Universal variants are evaluated on the all-scene task (next item), targeted variants on the target
+task of `training.target`, with `ut_target` (the universal model used directly on the target task's
+test cases, all-scene history) and popularity as references. Full ranking over every item, Recall@K
+and NDCG@K, cold items = the least popular (by training interactions) outside `hot_fraction`.
+Prints a Markdown table and ends with one JSON line: `results[variant]` holds R@K and N@K (means
+over seeds), `cold`, `history_masked`, `seeds` (per-seed values), `task` and `wall_s`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "platform"))
 
-from precise.data import load_movielens  # noqa: E402
-from precise.model import TARGETED_VARIANTS, UNIVERSAL_VARIANTS, ModelConfig, build_model  # noqa: E402
-from precise.model.text_adapter import (  # noqa: E402
-    load_token_states,
-    load_token_table,
-    save_token_table,
-    token_table,
-)
-from precise.train.evaluate import (  # noqa: E402
-    DEFAULT_KS,
-    cold_items,
-    evaluate_model,
-    evaluate_scorer,
-    popularity_scorer,
-)
-from precise.train.loop import History, TrainConfig, fit  # noqa: E402
-from precise.train.sequences import (  # noqa: E402
-    NextItemBatches,
-    TargetBatches,
-    build_sequences,
-    item_counts,
-    leave_one_out,
-)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-DEFAULT_CONFIG = REPO / "configs" / "quality_ml1m.yaml"
+from precise.config import PreciseConfig, load_config  # noqa: E402
+from precise.model.config import TARGETED_VARIANTS, UNIVERSAL_VARIANTS  # noqa: E402
+from precise.paths import precise_home  # noqa: E402
+from precise.store.registry import ModelRegistry  # noqa: E402
+from precise.train import recipe  # noqa: E402
+from precise.train.data import eval_set  # noqa: E402
+from precise.train.evaluate import cold_items, evaluate_model, evaluate_scorer, popularity_scorer  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "configs" / "quality_ml100k.yaml"
 QUICK_CONFIG = REPO / "configs" / "quality_ml100k_quick.yaml"
-METRIC_KEYS = [f"{m}@{k}" for m in ("R", "N") for k in DEFAULT_KS]
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        config = yaml.safe_load(f)
-    required = {
-        "dataset",
-        "seeds",
-        "sequence",
-        "target",
-        "text",
-        "model",
-        "universal",
-        "targeted",
-        "variants",
+# ---- the lake --------------------------------------------------------------------------------------
+
+
+def lake_root(config: PreciseConfig) -> Path:
+    """Where the benchmark keeps the dataset's lake: one per dataset and sequence settings."""
+    fingerprint = hashlib.sha256(json.dumps(config.sequences.model_dump(mode="json"), sort_keys=True).encode())
+    return precise_home() / "bench" / f"{config.quality.dataset}-{fingerprint.hexdigest()[:10]}"
+
+
+def lake_is_complete(root: Path, events: int) -> bool:
+    from precise.store.files import Files
+    from precise.store.lake import load_ledger
+
+    ledger = load_ledger(Files(root))
+    return ledger.totals.get("events", 0) == events and (root / "sequences").is_dir()
+
+
+def build_lake(config: PreciseConfig, root: Path, log: Any) -> None:
+    """Replay the dataset into fresh topics and ingest it with the platform's ingest job."""
+    import uuid
+
+    import ray
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _stack import kafka_bootstrap
+    from precise.data import load_movielens
+    from precise.events.replay import replay
+    from precise.ingest.job import IngestJob
+
+    dataset = load_movielens(config.quality.dataset)
+    if lake_is_complete(root, len(dataset.events)):
+        from precise.ingest.job import connect_ray
+        from precise.ingest.sequences import SequenceBuilder
+
+        connect_ray()  # sequences of another format or spec are rebuilt; else nothing to do
+        cfg = config.model_copy(deep=True)
+        cfg.storage.root = str(root)
+        built = SequenceBuilder(cfg).build()
+        ray.shutdown()
+        log(f"lake: {root} ({len(dataset.events)} events; sequences {[(b.name, b.full) for b in built]})")
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    tag = uuid.uuid4().hex[:8]
+    with kafka_bootstrap() as bootstrap:
+        cfg = config.model_copy(deep=True)
+        cfg.kafka = cfg.kafka.model_copy(update={
+            "bootstrap_servers": bootstrap, "events_topic": f"quality-ev-{tag}", "items_topic": f"quality-it-{tag}",
+            "dead_letter_topic": f"quality-ev-{tag}.dlq"})
+        cfg.storage.root = str(root)
+        started = time.perf_counter()
+        replay(dataset, cfg.kafka, progress=False)
+        started_ray = not ray.is_initialized()
+        try:
+            summary = IngestJob(cfg).run_once()
+        finally:
+            if started_ray and ray.is_initialized():
+                ray.shutdown()
+    if summary["events"] != len(dataset.events):
+        raise RuntimeError(f"the lake holds {summary['events']} events, the dataset {len(dataset.events)}: {summary}")
+    log(f"lake: {root} built in {time.perf_counter() - started:.0f} s ({summary['events']} events)")
+
+
+# ---- one variant -----------------------------------------------------------------------------------
+
+
+def variant_config(config: PreciseConfig, variant: str, seed: int, root: Path) -> PreciseConfig:
+    cfg = config.model_copy(deep=True)
+    cfg.storage.root = str(root)
+    t = cfg.training
+    fusion = UNIVERSAL_VARIANTS.get(variant, "moe")  # targeted variants fuse ID and text (PRECISE)
+    width = {"id_dim": t.model.id_dim + t.model.text_dim} if variant == "id_wide" else {}
+    t.model = t.model.model_copy(update={"fusion": fusion, **width})
+    t.universal = t.universal.model_copy(update={"seed": seed})
+    t.targeted = t.targeted.model_copy(update={"seed": seed})
+    return cfg
+
+
+def run_variant(config: PreciseConfig, variant: str, seed: int, runs: Path, device: str, log: Any
+                ) -> tuple[recipe.Setup, torch.nn.Module, dict[str, Any]]:
+    """Set up, fit, register and reload one variant; returns its setup, model and training record."""
+    started = time.perf_counter()
+    cfg = variant_config(config, variant, seed, Path(config.storage.root))
+    kind = "universal" if variant in UNIVERSAL_VARIANTS else "targeted"
+    # ut_tt warm-starts from this seed's ut: it shares ut's registry, whose LATEST universal is ut.
+    registry = ModelRegistry(runs / f"seed{seed}" / ("ut" if variant == "ut_tt" else variant))
+    start = "scratch" if variant in ("tt", *UNIVERSAL_VARIANTS) else "parent"
+    setup = recipe.setup(cfg, kind, start=start, registry=registry)
+    state, progress = recipe.fit(setup.payload, device=device, log=log)
+    version = recipe.register(setup, state, progress, cfg, registry)
+    model = recipe.trained_model(setup, registry.load_state_dict(version)).to(device)
+    record = {"best_epoch": progress.best_epoch, "best_val": progress.best_metric,
+              "select_metric": setup.payload.select_metric, "history": progress.history,
+              "train_s": round(sum(r.get("seconds", 0.0) for r in progress.history), 1),
+              "wall_s": round(time.perf_counter() - started, 1), "model": version.ref}
+    return setup, model, record
+
+
+def universal_on_target(ut: recipe.Setup, target: recipe.Setup) -> Any:
+    """The target task's test cases with the all-scene history before the test cut (ut_target)."""
+    cases = recipe.task_data(target.splits, "targeted", history="all").test
+    known = [n for n, label in enumerate(cases[2]) if label in ut.lookup]
+    return eval_set(*([part[n] for n in known] for part in cases), ut.lookup, ut.payload.model_config.max_len)
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------
+
+
+def run_quality(config: PreciseConfig, runs: Path, device: str = "cpu", log: Any = print) -> dict[str, Any]:
+    q = config.quality
+    started = time.perf_counter()
+    ks = tuple(q.ks)
+    batch_users = config.training.eval_batch_users
+    variants = list(q.variants)
+    universal_names = [v for v in variants if v in UNIVERSAL_VARIANTS]
+    if "ut_tt" in variants and "ut" not in universal_names:
+        universal_names.append("ut")  # ut_tt warm-starts from it
+    targeted_names = [v for v in variants if v in TARGETED_VARIANTS]
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    training: dict[str, dict[int, dict[str, Any]]] = {}
+    references: dict[str, Any] = {}
+
+    def evaluate(setup: recipe.Setup, model: torch.nn.Module, data: Any) -> dict[str, Any]:
+        cold = cold_items(setup.item_counts(), hot_fraction=q.hot_fraction)
+        return evaluate_model(model, data, cold, ks, batch_users, device).as_dict()
+
+    for seed in q.seeds:
+        setups: dict[str, tuple[recipe.Setup, torch.nn.Module]] = {}
+        for name in [*universal_names, *targeted_names]:
+            setup, model, record = run_variant(config, name, seed, runs, device, log)
+            setups[name] = (setup, model)
+            training.setdefault(name, {})[seed] = record
+            if name in variants:
+                per_seed.setdefault(name, {})[seed] = {**evaluate(setup, model, setup.test()),
+                                                       "wall_s": record["wall_s"]}
+        first = setups[[*universal_names, *targeted_names][0]][0]
+        counts = first.item_counts()
+        if "popularity" not in references:
+            references["popularity"] = evaluate_scorer(popularity_scorer(counts), _universal_test(first), None,
+                                                       ks, batch_users, device).as_dict()
+        if targeted_names:
+            target_setup = setups[targeted_names[0]][0]
+            if "popularity_target" not in references:
+                references["popularity_target"] = evaluate_scorer(
+                    popularity_scorer(target_setup.item_counts()), target_setup.test(), None, ks, batch_users,
+                    device).as_dict()
+            if "ut" in setups:
+                ut_setup, ut_model = setups["ut"]
+                per_seed.setdefault("ut_target", {})[seed] = evaluate(
+                    ut_setup, ut_model, universal_on_target(ut_setup, target_setup))
+        del setups
+
+    target = config.training.target
+    results = {name: {**_mean(list(runs_.values())), "seeds": {str(s): r for s, r in runs_.items()},
+                      "task": target if name in TARGETED_VARIANTS or name == "ut_target" else "all-scene"}
+               for name, runs_ in per_seed.items()}
+    results.update({name: {**r, "task": "all-scene" if name == "popularity" else target}
+                    for name, r in references.items()})
+    t = config.training
+    return {
+        "benchmark": "quality",
+        "dataset": q.dataset,
+        "protocol": {
+            "split": "leave-one-out by time per user, cut on the all-scene sequence (precise.store.sequences.split)",
+            "selection": f"best epoch by validation {t.select_metric} (epoch 0 = the warm start for ut_tt)",
+            "ranking": "full ranking over all items; history NOT masked (history_masked: HSTU-repo style)",
+            "sequences": config.sequences.model_dump(mode="json"),
+            "target_task": target,
+            "model": t.model.model_dump(mode="json"),
+            "universal": t.universal.model_dump(mode="json"),
+            "targeted": t.targeted.model_dump(mode="json"),
+            "text_model": t.text.model_dump(),
+            "seeds": list(q.seeds),
+            "cold": f"targets outside the {q.hot_fraction:.0%} most popular items by training interactions",
+            "device": device,
+        },
+        "results": results,
+        "training": {name: {str(s): {k: v for k, v in r.items() if k != "history"} for s, r in runs_.items()}
+                     for name, runs_ in training.items()},
+        "curves": {name: next(iter(runs_.values()))["history"] for name, runs_ in training.items()},
+        "seconds": round(time.perf_counter() - started, 1),
     }
-    missing = required - set(config)
-    if missing:
-        raise ValueError(f"{path}: missing config sections {sorted(missing)}")
-    unknown = set(config["variants"]) - set(UNIVERSAL_VARIANTS) - set(TARGETED_VARIANTS)
-    if unknown:
-        raise ValueError(f"{path}: unknown variants {sorted(unknown)}")
-    return config
 
 
-def _mean_results(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+def _universal_test(setup: recipe.Setup) -> Any:
+    reference = setup.splits["reference"]
+    rows, histories, labels = reference.cases("test")
+    return eval_set([reference.users[r] for r in rows], histories, labels, setup.lookup,
+                    setup.payload.model_config.max_len)
+
+
+def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Average nested metric dicts over seeds (counts such as `users` are equal across seeds)."""
     out: dict[str, Any] = {}
-    for key, value in per_seed[0].items():
+    for key, value in runs[0].items():
         if isinstance(value, dict):
-            out[key] = _mean_results([r[key] for r in per_seed])
+            out[key] = _mean([r[key] for r in runs])
         elif isinstance(value, float):
-            out[key] = float(np.mean([r[key] for r in per_seed]))
+            out[key] = float(np.mean([r[key] for r in runs]))
         else:
             out[key] = value
     return out
 
 
-def run_quality(
-    config: dict[str, Any],
-    device: str = "cpu",
-    amp: str | None = None,
-    log: Any = print,
-    token_cache: Path | None = None,
-    prepare_only: bool = False,
-) -> dict[str, Any]:
-    """Train and evaluate the config's variants; return the JSON-ready report.
-
-    `token_cache`: a folder where the PCA-projected token table is stored and looked up, so the
-    LLM runs once per (dataset, text model, tokens, width) and the table can be carried to another
-    machine. `prepare_only`: build (and cache) the token table, then return before training.
-    """
-    started = time.perf_counter()
-    seq_cfg, target_cfg = config["sequence"], config["target"]
-    max_len, target_len = int(seq_cfg["max_len"]), int(target_cfg.get("max_len", seq_cfg["max_len"]))
-    ev = config.get("eval", {})
-    ks = tuple(ev.get("ks", DEFAULT_KS))
-    batch_users = int(ev.get("batch_users", 1024))
-
-    dataset = load_movielens(config["dataset"])
-    index, seqs = build_sequences(
-        dataset, action=seq_cfg.get("action", "rate"),
-        target_action=target_cfg.get("action"), target_scene=target_cfg.get("scene"),
-    )  # fmt: skip
-    split = leave_one_out(seqs, max_len=max_len, target_max_len=target_len)
-    counts = item_counts(split.train, index.num_items)
-    cold = cold_items(counts, hot_fraction=float(ev.get("hot_fraction", 0.2)))
-    log(
-        f"{config['dataset']}: {len(seqs.users)} users, {index.num_items} items; target task: "
-        f"{len(split.target_test)} test users; {int(cold.sum())} cold items"
-    )
-
-    variants = list(config["variants"])
-    base = ModelConfig.from_dict(config["model"], num_items=index.num_items, max_len=max_len)
-    needs_text = any(v in TARGETED_VARIANTS or UNIVERSAL_VARIANTS.get(v) != "id" for v in variants)
-    tokens = None
-    if needs_text:
-        text = config["text"]
-        max_tokens = int(text.get("max_tokens", 32))
-        cached = None
-        if token_cache is not None:
-            cache_file = (
-                token_cache / f"{config['dataset']}_{text['model']}_m{max_tokens}_d{base.token_dim}.npz"
-            )
-            cached = load_token_table(cache_file, index.item_ids)
-        if cached is not None:
-            tokens = cached[:2]
-            log(f"token table: {cache_file} ({cached[2]}, {tokens[0].shape})")
-        else:
-            texts = dict(zip(dataset.items["item_id"], dataset.items["text"], strict=True))
-            t0 = time.perf_counter()
-            states = load_token_states(texts, text["model"], max_tokens)
-            tokens = token_table(states, index.item_ids, base.token_dim)
-            log(f"token states: {states.model}, {states.states.shape} -> table {tokens[0].shape} "
-                f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
-            if token_cache is not None:
-                save_token_table(cache_file, *tokens, index.item_ids, states.model)
-                log(f"token table saved to {cache_file}")
-    if prepare_only:
-        return {"benchmark": "quality", "dataset": config["dataset"], "prepared": tokens is not None}
-
-    def evaluate(model: torch.nn.Module, data: Any) -> dict[str, Any]:
-        return evaluate_model(model, data, cold, ks, batch_users, device).as_dict()
-
-    def train(
-        model: torch.nn.Module,
-        batches: Any,
-        train_cfg: TrainConfig,
-        valid: Any,
-        name: str,
-        first: bool = False,
-    ) -> History:
-        def validate(m: torch.nn.Module) -> float:
-            return evaluate_model(m, valid, None, ks, batch_users, device).metrics["N@10"]
-
-        model = model.to(device)
-        return fit(
-            model,
-            batches,
-            train_cfg,
-            validate=validate,
-            device=device,
-            log=log,
-            name=name,
-            validate_first=first,
-        )
-
-    seeds = [int(s) for s in config["seeds"]]
-    per_seed: dict[str, list[dict[str, Any]]] = {}
-    training: dict[str, list[dict[str, Any]]] = {}
-    universal_batches = None
-    target_batches = None
-    for seed in seeds:
-        ut_states: dict[str, dict[str, torch.Tensor]] = {}
-        universal_names = [v for v in variants if v in UNIVERSAL_VARIANTS]
-        if "ut_tt" in variants and "ut" not in universal_names:
-            universal_names.append("ut")  # ut_tt warm-starts from it
-        for name in universal_names:
-            train_cfg = TrainConfig.from_dict(config["universal"], seed=seed, amp=amp)
-            if universal_batches is None:
-                universal_batches = NextItemBatches(split.train, max_len, train_cfg.batch_size)
-            torch.manual_seed(seed)
-            model = build_model(base.with_fusion(UNIVERSAL_VARIANTS[name]), "universal", tokens)
-            history = train(model, universal_batches, train_cfg, split.valid, name)
-            training.setdefault(name, []).append(_training_record(history))
-            if name in variants:
-                per_seed.setdefault(name, []).append(evaluate(model, split.test))
-            if name == "ut":
-                ut_states["ut"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if "ut_tt" in variants:
-                    per_seed.setdefault("ut_target", []).append(evaluate(model, split.target_test_universal))
-            del model
-        for name in [v for v in variants if v in TARGETED_VARIANTS]:
-            # ut_tt fine-tunes a warm start: its own overrides (e.g. a lower lr), and its starting
-            # point is validated too, so fine-tuning that does not help cannot make it worse.
-            overrides = config.get("targeted_warm_start", {}) if name == "ut_tt" else {}
-            train_cfg = TrainConfig.from_dict({**config["targeted"], **overrides}, seed=seed, amp=amp)
-            if target_batches is None:
-                target_batches = TargetBatches(split.target_train, target_len, train_cfg.batch_size)
-            torch.manual_seed(seed)
-            tt_config = ModelConfig.from_dict(
-                {**config["model"], **config.get("targeted_model", {})},
-                num_items=index.num_items, max_len=target_len, fusion="moe",
-            )  # fmt: skip
-            model = build_model(tt_config, "targeted", tokens)
-            if name == "ut_tt":
-                copied = model.warm_start(ut_states["ut"])
-                log(f"[ut_tt] warm-started {len(copied)} tensors from ut")
-            history = train(model, target_batches, train_cfg, split.target_valid, name, first=name == "ut_tt")
-            training.setdefault(name, []).append(_training_record(history))
-            per_seed.setdefault(name, []).append(evaluate(model, split.target_test))
-            del model
-
-    popularity = popularity_scorer(counts, device)
-    results = {name: _mean_results(runs) for name, runs in per_seed.items()}
-    results["popularity"] = evaluate_scorer(popularity, split.test, cold, ks, batch_users, device).as_dict()
-    if any(v in TARGETED_VARIANTS for v in variants):
-        results["popularity_target"] = evaluate_scorer(
-            popularity, split.target_test, cold, ks, batch_users, device
-        ).as_dict()
-    tcfg, gcfg = TrainConfig.from_dict(config["universal"]), TrainConfig.from_dict(config["targeted"])
-    protocol = {
-        "split": "leave-one-out per user: last item test, second-to-last validation (best epoch by val N@10)",
-        "ranking": "full ranking over all items; history NOT masked (history_masked: HSTU-repo style)",
-        "sequence": {"action": seq_cfg.get("action", "rate"), "max_len": max_len},
-        "target_task": {
-            "action": target_cfg.get("action"), "scene": target_cfg.get("scene"), "max_len": target_len,
-        },
-        "negatives": {
-            "uniform": base.num_negatives, "per_position": not base.shared_negatives,
-            "in_batch": base.in_batch_negatives, "temperature": base.temperature,
-        },
-        "epochs": {"universal": tcfg.epochs, "targeted": gcfg.epochs},
-        "batch_size": {"universal": tcfg.batch_size, "targeted": gcfg.batch_size},
-        "lr": {
-            "universal": tcfg.lr, "targeted": gcfg.lr,
-            "ut_tt": config.get("targeted_warm_start", {}).get("lr", gcfg.lr),
-        },
-        "freeze_tokens_epochs": tcfg.freeze_tokens_epochs,
-        "seeds": seeds,
-        "model": {k: v for k, v in asdict(base).items() if k not in ("fusion", "num_items")},
-        "text_model": config["text"]["model"] if needs_text else None,
-        "cold": "targets among the 80% least popular items by training interactions (count >= 1)",
-        "users": len(seqs.users), "items": index.num_items,
-        "device": device, "amp": amp,
-    }  # fmt: skip
-    return {
-        "benchmark": "quality",
-        "dataset": config["dataset"],
-        "protocol": protocol,
-        "results": results,
-        "training": {name: _mean_training(runs) for name, runs in training.items()},
-        "curves": {name: runs[0] for name, runs in training.items()},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-
-
-def _training_record(history: History) -> dict[str, Any]:
-    return history.as_dict()
-
-
-def _mean_training(runs: list[dict[str, Any]]) -> dict[str, float]:
-    return {
-        "best_epoch": float(np.mean([r["best_epoch"] for r in runs])),
-        "best_val_N@10": float(np.mean([r["best_metric"] for r in runs])),
-        "train_seconds": float(np.mean([sum(r["epoch_seconds"]) for r in runs])),
-        "samples_per_s": float(np.mean([np.median(r["samples_per_s"]) for r in runs])),
-    }
-
-
 def markdown_table(report: dict[str, Any]) -> str:
-    results = report["results"]
-    lines = [
-        "| variant | task | "
-        + " | ".join(METRIC_KEYS)
-        + " | cold R@10 | cold N@10 | masked R@10 | masked N@10 |",
-        "|---|---|" + "---|" * (len(METRIC_KEYS) + 4),
-    ]
-    for name, r in results.items():
-        task = "target" if name in TARGETED_VARIANTS or name.endswith("_target") else "all-scene"
-        cells = [f"{r[k]:.4f}" for k in METRIC_KEYS]
-        cells += [f"{r['cold']['R@10']:.4f}", f"{r['cold']['N@10']:.4f}"]
-        cells += [f"{r['history_masked']['R@10']:.4f}", f"{r['history_masked']['N@10']:.4f}"]
-        lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
+    ks = [k for k in (10, 30, 50) if f"R@{k}" in next(iter(report["results"].values()))]
+    keys = [f"{m}@{k}" for m in "RN" for k in ks]
+    lines = ["| variant | task | " + " | ".join(keys) + " | cold R@10 | cold N@10 | seeds |",
+             "|---|---|" + "---|" * (len(keys) + 3)]
+    for name, r in report["results"].items():
+        cells = [f"{r[k]:.4f}" for k in keys] + [f"{r['cold'].get('R@10', 0):.4f}", f"{r['cold'].get('N@10', 0):.4f}"]
+        lines.append(f"| {name} | {r['task']} | " + " | ".join(cells) + f" | {len(r.get('seeds', {})) or '-'} |")
     return "\n".join(lines)
 
 
@@ -311,13 +273,18 @@ def save_curves(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, curve in report["curves"].items():
+    select = "val_" + report["protocol"]["selection"].split("validation ")[1].split(" ")[0]
+    select = select.replace("val_N@", "val_ndcg_at_").replace("val_R@", "val_recall_at_")
+    for name, history in report["curves"].items():
         style = "--" if name in TARGETED_VARIANTS else "-"  # targeted: other loss, other task
-        epochs = range(1, len(curve["train_loss"]) + 1)
-        ax_loss.plot(epochs, curve["train_loss"], style, label=name)
-        ax_val.plot(curve["val_epochs"], curve["val_metric"], style, marker="o", markersize=3, label=name)
+        losses = [(r["epoch"], r["loss"]) for r in history if "loss" in r]
+        vals = [(r["epoch"], r[select]) for r in history if select in r]
+        if losses:
+            ax_loss.plot(*zip(*losses, strict=True), style, label=name)
+        if vals:
+            ax_val.plot(*zip(*vals, strict=True), style, marker="o", markersize=3, label=name)
     ax_loss.set(title="training loss (UT: sampled softmax, TT dashed: BPR)", xlabel="epoch", ylabel="loss")
-    ax_val.set(title="validation NDCG@10, full ranking (TT dashed: target task)", xlabel="epoch")
+    ax_val.set(title=f"validation {select.removeprefix('val_')} (TT dashed: target task)", xlabel="epoch")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -331,41 +298,45 @@ def save_curves(report: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help=f"default: {DEFAULT_CONFIG.relative_to(REPO)}")
-    parser.add_argument("--quick", action="store_true", help=f"ML-100k, few epochs ({QUICK_CONFIG.name})")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--amp", default=None, choices=["bf16"], help="autocast matmuls (CUDA)")
-    parser.add_argument("--text-model", help="override text.model (e.g. 'hashed' before precise.text lands)")
+    parser.add_argument("--quick", action="store_true", help=f"the smoke-level config ({QUICK_CONFIG.name})")
     parser.add_argument("--variants", help="comma-separated subset of the config's variants")
+    parser.add_argument("--seeds", help="comma-separated seeds (overrides quality.seeds)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--root", type=Path, help="the lake to train on (default: one per dataset, built once)")
     parser.add_argument("--results", type=Path, default=REPO / "results")
-    parser.add_argument("--token-cache", type=Path, help="folder to keep/find the projected token table")
-    parser.add_argument("--prepare-tokens", action="store_true", help="only build the token table (cache)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            parser.error("--device cuda but no CUDA device is available")
-        torch.backends.cuda.matmul.allow_tf32 = True  # as the HSTU ML-1M configs (enable_tf32)
-        torch.backends.cudnn.allow_tf32 = True
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
     path = args.config or (QUICK_CONFIG if args.quick else DEFAULT_CONFIG)
-    config = load_config(path)
-    if args.text_model:
-        config["text"]["model"] = args.text_model
+    config: PreciseConfig = load_config(path)
+    if config.quality is None:
+        parser.error(f"{path} has no `quality:` section (it is not a benchmark config)")
     if args.variants:
-        config["variants"] = [v for v in config["variants"] if v in args.variants.split(",")]
+        wanted = args.variants.split(",")
+        unknown = [v for v in wanted if v not in config.quality.variants]
+        if unknown:
+            parser.error(f"variants {unknown} are not in the config's {config.quality.variants}")
+        config.quality.variants = wanted
+    if args.seeds:
+        config.quality.seeds = [int(s) for s in args.seeds.split(",")]
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    if args.prepare_tokens and args.token_cache is None:
-        parser.error("--prepare-tokens needs --token-cache")
-    report = run_quality(config, args.device, args.amp, log, args.token_cache, args.prepare_tokens)
-    if args.prepare_tokens:
-        print(json.dumps(report))
-        return 0
-    report["config"] = str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
-    stem = f"quality_{config['dataset']}{'_quick' if path == QUICK_CONFIG else ''}"
+    root = args.root or lake_root(config)
+    config.storage.root = str(root)
+    if args.root is None:
+        build_lake(config, root, log)
+    stem = path.stem
+    runs = args.results / "runs" / stem
+    shutil.rmtree(runs, ignore_errors=True)
+    report = run_quality(config, runs, args.device, log)
+    report["config"] = str(path.relative_to(REPO) if path.resolve().is_relative_to(REPO) else path)
+    report["command"] = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["lake"] = str(root)
     plot = args.results / f"{stem}.png"
     save_curves(report, plot)
     report["plot"] = str(plot)

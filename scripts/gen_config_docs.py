@@ -5,8 +5,8 @@
     python scripts/gen_config_docs.py --check   # exit 1 if the committed file differs
 
 Every key of `precise.config.PreciseConfig` is listed with its type, constraints, default and
-meaning; so are the keys of the `training.model` / `training.universal` / `training.targeted`
-mappings (the dataclasses `precise.model.ModelConfig` and `precise.train.loop.TrainConfig`). The
+meaning; a section generated from a dataclass (`training.model`: `precise.model.ModelConfig`) is
+documented from that dataclass's fields. The
 meaning is a field's `description=` if it has one, else its comment in the source: the comment on
 the field's own line(s), else the comment lines right above it. A key with neither is printed as
 UNDOCUMENTED, and tests/test_docs.py fails on it.
@@ -184,6 +184,10 @@ class Section:
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a section (also of an optional one: `Model | None`)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = inner[0] if len(inner) == 1 else annotation
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
@@ -195,14 +199,24 @@ def _list_of_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def model_sections(cls: type[BaseModel], prefix: str, defaults: BaseModel | None) -> Iterator[Section]:
-    comments = field_comments(cls)
+    comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__):  # inherited fields keep their base class's comments
+        if isinstance(base, type) and issubclass(base, BaseModel) and base.__module__.startswith("precise"):
+            comments.update(field_comments(base))
     rows: list[Row] = []
     nested: list[tuple[str, type[BaseModel], BaseModel | None]] = []
+    generated: list[Section] = []
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
         default = getattr(defaults, name) if defaults is not None else (
             _MISSING if field.is_required() else field.get_default(call_default_factory=True))
         if (sub := _model_class(field.annotation)) is not None:
+            if (source := getattr(sub, "dataclass_source", None)) is not None:
+                rows.append(Row(key, "mapping", "", "", field.description or comments.get(name, UNDOCUMENTED)))
+                generated.append(dataclass_section(source, key, _summary(sub),
+                                                   skip=tuple(f.name for f in dataclasses.fields(source)
+                                                              if f.name not in sub.model_fields)))
+                continue
             nested.append((key, sub, default if isinstance(default, BaseModel) else None))
             continue
         if (item := _list_of_model(field.annotation)) is not None:
@@ -213,6 +227,7 @@ def model_sections(cls: type[BaseModel], prefix: str, defaults: BaseModel | None
         rows.append(Row(key, type_name(field.annotation), constraints(field), show(default),
                         field.description or comments.get(name, UNDOCUMENTED)))
     yield Section(prefix.rstrip("."), _summary(cls), rows)
+    yield from generated
     for key, sub, sub_defaults in nested:
         yield from model_sections(sub, f"{key}.", sub_defaults)
 
@@ -232,20 +247,7 @@ def dataclass_section(cls: type, key: str, summary: str, skip: tuple[str, ...] =
 
 
 def sections() -> list[Section]:
-    from precise.model.config import ModelConfig
-    from precise.train.loop import TrainConfig
-
-    out = list(model_sections(PreciseConfig, "", PreciseConfig()))
-    out.append(dataclass_section(
-        ModelConfig, "training.model",
-        "Keys of the `training.model` mapping: `precise.model.ModelConfig` (the item catalogue size "
-        "`num_items` comes from the data). Checked when a training job starts.", skip=("num_items",)))
-    for kind in ("universal", "targeted"):
-        out.append(dataclass_section(
-            TrainConfig, f"training.{kind}",
-            f"Keys of the `training.{kind}` mapping: `precise.train.loop.TrainConfig` for {kind} "
-            "training. Checked when a training job starts."))
-    return out
+    return list(model_sections(PreciseConfig, "", PreciseConfig()))
 
 
 def render() -> str:

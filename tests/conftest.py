@@ -95,3 +95,47 @@ def random_token_table(
 @pytest.fixture
 def token_table_small() -> tuple[np.ndarray, np.ndarray]:
     return random_token_table(30)
+
+
+@pytest.fixture(scope="session")
+def ml100k_lake(kafka_broker, ray_head, tmp_path_factory) -> Path:
+    """MovieLens-100k replayed into the session broker and ingested once (lake + sequences `all` and
+    `like`, max_len 50). Tests train in a copy of it (`lake_copy`), each with a registry of its own."""
+    from precise.config import PreciseConfig
+    from precise.data import load_movielens
+    from precise.events.replay import replay
+    from precise.ingest.job import IngestJob
+
+    tag = uuid.uuid4().hex[:8]
+    root = tmp_path_factory.mktemp("ml100k-lake")
+    config = PreciseConfig.model_validate({
+        "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": f"ev-{tag}",
+                  "items_topic": f"it-{tag}", "dead_letter_topic": f"ev-{tag}.dlq", "partitions": 2},
+        "storage": {"root": str(root)},
+        "ingest": {"publish_dead_letters": False},
+        "sequences": ML100K_SEQUENCES,
+    })
+    replay(load_movielens("ml-100k"), config.kafka, progress=False)
+    summary = IngestJob(config).run_once()
+    assert summary["events"] == 155_375 and summary["dead_letters"] == 0, summary
+    return root
+
+
+ML100K_SEQUENCES = {"max_len": 50, "buckets": 2, "targets": [{"name": "like", "actions": ["like"]}]}
+
+
+@pytest.fixture(scope="session")
+def ml100k_copy(ml100k_lake: Path):
+    """`copy(root, **sections)`: a config on a copy of the ML-100k lake (events, items, sequences; no
+    models) at `root`, with the given config sections."""
+    import shutil
+
+    from precise.config import PreciseConfig
+
+    def copy(root: Path, **sections: object) -> PreciseConfig:
+        for part in ("lake", "sequences"):
+            shutil.copytree(ml100k_lake / part, root / part)
+        return PreciseConfig.model_validate({"storage": {"root": str(root)}, "sequences": ML100K_SEQUENCES,
+                                             **sections})
+
+    return copy

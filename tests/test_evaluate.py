@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from precise.train.data import EvalSet
 from precise.train.evaluate import (
     cold_items,
     evaluate_scorer,
@@ -15,7 +16,6 @@ from precise.train.evaluate import (
     popularity_scorer,
     target_ranks,
 )
-from precise.train.sequences import EvalSet
 
 
 def test_target_ranks_full_ranking_excludes_only_padding():

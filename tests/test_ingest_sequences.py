@@ -16,7 +16,7 @@ from precise.data.movielens import EventDataset
 from precise.events.replay import replay
 from precise.ingest.job import IngestJob, connect_ray
 from precise.store.lake import events_dataset, read_dead_letters, read_events, read_items
-from precise.store.sequences import read_sequences, sequences_dataset
+from precise.store.sequences import SEQUENCE_SCHEMA, read_sequences, sequences_dataset
 
 pytestmark = pytest.mark.integration
 MAX_LEN = 50
@@ -29,20 +29,18 @@ def ml100k() -> EventDataset:
 
 
 def pandas_sequences(events: pd.DataFrame, actions: list[str] | None, scenes: list[str] | None) -> pd.DataFrame:
-    """The reference: per user, time-ordered (ts, event_id), last MAX_LEN, leave-one-out split."""
-    keep = events
+    """The reference: per user, in event order (ts, then arrival: the Kafka offset), the last MAX_LEN.
+    `events` are in replay order, so their row number orders a user's events as their offsets do."""
+    keep = events.assign(offset=range(len(events)))
     if actions is not None:
         keep = keep[keep["action"].isin(actions)]
     if scenes is not None:
         keep = keep[keep["scene"].isin(scenes)]
-    keep = keep.sort_values(["user_id", "ts", "event_id"])
+    keep = keep.sort_values(["user_id", "ts", "offset", "event_id"])
     rows = []
     for user, group in keep.groupby("user_id"):
         items = group["item_id"].tolist()[-MAX_LEN:]
-        n = len(items)
-        rows.append({"user_id": user, "item_ids": items, "ts": group["ts"].tolist()[-MAX_LEN:],
-                     "train_len": n - 2 if n >= 3 else n, "valid_item": items[-2] if n >= 3 else None,
-                     "test_item": items[-1] if n >= 3 else None})
+        rows.append({"user_id": user, "item_ids": items, "ts": group["ts"].tolist()[-MAX_LEN:]})
     return pd.DataFrame(rows).set_index("user_id")
 
 
@@ -54,9 +52,6 @@ def assert_sequences_equal(root: str, events: pd.DataFrame) -> None:
         got = got.loc[expected.index]
         for column in ("item_ids", "ts"):
             assert [list(v) for v in got[column]] == expected[column].tolist(), (name, column)
-        assert got["train_len"].tolist() == expected["train_len"].tolist(), name
-        for column in ("valid_item", "test_item"):
-            assert got[column].where(got[column].notna(), None).tolist() == expected[column].tolist(), (name, column)
         assert (got["length"] == got["item_ids"].map(len)).all()
 
 
@@ -105,7 +100,7 @@ def test_ml100k_lake_items_and_sequences_match_pandas(kafka_config, ray_head, tm
     assert events_dataset(root, columns=["event_id", "ts"]).count() == len(events)
     seqs = sequences_dataset(root, "like")
     assert seqs.count() == events.loc[events["action"] == "like", "user_id"].nunique()
-    assert set(seqs.schema().names) >= {"user_id", "item_ids", "ts", "train_len", "valid_item", "test_item"}
+    assert set(seqs.schema().names) == set(SEQUENCE_SCHEMA.names)
     rebuilt = {s["name"]: s for s in summary["sequences"]}
     second = events[events["ts"] >= cutoff]
     assert not rebuilt["all"]["full"]

@@ -14,7 +14,7 @@ from precise.events.schema import DEFAULT_ACTIONS, InvalidEventError, parse_even
 from precise.ingest.batch import PartitionRange, settle
 from precise.ingest.faults import Faults
 from precise.ingest.items import item_rows, merge_items
-from precise.ingest.sequences import collapse, explode, select_events, with_split
+from precise.ingest.sequences import collapse, explode, finish, select_events
 from precise.ingest.validate import REASON_KINDS, parse_event_fast, reason_kind, validate_records
 from precise.store.files import TMP_PREFIX, Files
 from precise.store.lake import (
@@ -183,14 +183,16 @@ def _events(n: int, users: int = 5, seed: int = 0) -> pa.Table:
     return pa.table({"user_id": [f"u{rng.randrange(users)}" for _ in range(n)],
                      "item_id": [f"i{rng.randrange(50)}" for _ in range(n)],
                      "ts": [rng.randrange(1_000, 1_050) for _ in range(n)],  # many ties
+                     "offset": [rng.randrange(10_000) for _ in range(n)],
                      "event_id": [f"e{i:05d}" for i in range(n)]})
 
 
-def test_collapse_orders_by_time_then_id_and_keeps_the_most_recent():
+def test_collapse_orders_by_time_offset_and_id_and_keeps_the_most_recent():
     events = _events(300)
     seqs = {r["user_id"]: r for r in collapse(events, max_len=10).to_pylist()}
     for user, row in seqs.items():
-        mine = sorted((r for r in events.to_pylist() if r["user_id"] == user), key=lambda r: (r["ts"], r["event_id"]))
+        mine = sorted((r for r in events.to_pylist() if r["user_id"] == user),
+                      key=lambda r: (r["ts"], r["offset"], r["event_id"]))
         assert row["event_ids"] == [r["event_id"] for r in mine][-10:]
         assert row["item_ids"] == [r["item_id"] for r in mine][-10:]
 
@@ -205,17 +207,20 @@ def test_incremental_merge_equals_a_full_build():
         assert again.sort_by("user_id").equals(merged.sort_by("user_id"))
 
 
-def test_split_columns():
-    seqs = with_split(collapse(pa.table({"user_id": ["a", "a", "a", "b", "b"], "item_id": ["1", "2", "3", "4", "5"],
-                                         "ts": [1, 2, 3, 1, 2], "event_id": ["x", "y", "z", "v", "w"]}), 10))
+def test_sequences_are_ordered_by_time_then_arrival():
+    # ties in ts keep the order the events were produced in (their offsets), whatever the ids
+    seqs = finish(collapse(pa.table({"user_id": ["a", "a", "a", "b", "b"], "item_id": ["3", "1", "2", "5", "4"],
+                                     "ts": [2, 1, 2, 1, 1], "offset": [7, 9, 8, 1, 2],
+                                     "event_id": ["x", "z", "y", "v", "w"]}), 10))
     a, b = seqs.to_pylist()
-    assert (a["length"], a["train_len"], a["valid_item"], a["test_item"]) == (3, 1, "2", "3")
-    assert (b["length"], b["train_len"], b["valid_item"], b["test_item"]) == (2, 2, None, None)
+    assert (a["item_ids"], a["ts"], a["offsets"], a["length"]) == (["1", "3", "2"], [1, 2, 2], [9, 7, 8], 3)
+    assert (b["item_ids"], b["length"]) == (["5", "4"], 2)
 
 
 def test_select_events_by_action_and_scene():
     batch = pa.table({"user_id": ["u"] * 4, "item_id": ["1", "2", "3", "4"], "ts": [1, 2, 3, 4],
-                      "event_id": ["a", "b", "c", "d"], "action": ["rate", "like", "rate", "rate"],
+                      "offset": [1, 2, 3, 4], "event_id": ["a", "b", "c", "d"],
+                      "action": ["rate", "like", "rate", "rate"],
                       "scene": ["family", "family", "drama", "family"]})
     assert select_events(batch, ["rate"], ["family"]).column("item_id").to_pylist() == ["1", "4"]
     assert select_events(batch, None, None).num_rows == 4

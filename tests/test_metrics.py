@@ -63,7 +63,7 @@ def test_pipeline_and_serving_metrics_reach_prometheus(kafka_broker, ray_head, t
                      "universal": {"epochs": 1}, "targeted": {"epochs": 1},
                      "num_workers": 1, "cpus_per_worker": 0.5},
         "pipeline": {"cycle_s": 86_400, "max_cycles": 2, "predict": True},
-        "predict": {"task": snapshots, "actor_num_cpus": 0.25, "task_num_cpus": 0.25, "batch_size": 256},
+        "predict": {"task": snapshots, "actor_num_cpus": 0.25, "batch_size": 256},
         "serve": {"task": snapshots, "poll_interval_s": 0.5, "recent_enabled": False,
                   "recall": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1}},
     }

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from precise.config import TrainOptions
 from precise.model import ItemEncoder, ModelConfig, TopKGate, build_model
 from precise.model.losses import bpr_user_loss, sampled_softmax_loss
-from precise.train.loop import TrainConfig, make_optimizer, train_step
+from precise.train.recipe import Trainable, make_optimizer, train_step
 
 N_ITEMS = 30
 
@@ -102,8 +103,8 @@ def test_item_lookup_matches_table_and_padding_is_zero(fusion, token_table_small
 def test_warm_start_copies_every_shared_weight(token_table_small):
     torch.manual_seed(0)
     ut = build_model(config(max_len=8), "universal", token_table_small)
-    opt = make_optimizer(ut, TrainConfig(lr=1e-2))
-    train_step(ut, {"input_ids": batch_ids(), "target_ids": batch_ids(1)}, opt)  # move off init
+    opt = make_optimizer(ut, TrainOptions(lr=1e-2), ())
+    train_step(Trainable(ut), {"input_ids": batch_ids(), "target_ids": batch_ids(1)}, opt)  # move off init
     torch.manual_seed(1)
     tt = build_model(config(max_len=6), "targeted", token_table_small)  # shorter window
     copied = tt.warm_start(ut.state_dict())
@@ -128,19 +129,19 @@ def test_warm_start_refuses_mismatched_shapes(token_table_small):
 def test_freeze_switch_leaves_token_table_unchanged(token_table_small):
     torch.manual_seed(0)
     model = build_model(config(), "universal", token_table_small)
-    opt = make_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.1))
+    opt = make_optimizer(model, TrainOptions(lr=1e-2, weight_decay=0.1), ())
     batch = {"input_ids": batch_ids(), "target_ids": batch_ids(1)}
-    train_step(model, batch, opt)  # give the table Adam moments first
+    train_step(Trainable(model), batch, opt)  # give the table Adam moments first
 
     model.items.set_tokens_trainable(False)
     tokens, ids = model.items.tokens.detach().clone(), model.items.id_emb.weight.detach().clone()
     for _ in range(2):
-        train_step(model, batch, opt)
+        train_step(Trainable(model), batch, opt)
     assert torch.equal(model.items.tokens, tokens)
     assert not torch.equal(model.items.id_emb.weight, ids)
 
     model.items.set_tokens_trainable(True)
-    train_step(model, batch, opt)
+    train_step(Trainable(model), batch, opt)
     assert not torch.equal(model.items.tokens, tokens)
 
 

@@ -74,3 +74,38 @@ def test_two_daily_cycles_with_periodic_warmup(kafka_broker, ray_head, tmp_path)
     # a restarted orchestrator continues after the done cycles
     again = Pipeline(config.model_copy(update={"pipeline": config.pipeline.model_copy(update={"max_cycles": 1})}))
     assert again.state()["done_boundaries"] == [r["boundary_ts"] for r in reports]
+
+
+@pytest.mark.integration
+def test_the_gate_publishes_the_universal_model_when_targeted_training_loses(kafka_broker, ml100k_copy, tmp_path):
+    """A targeted model with a random head (head_residual off, never trained: lr 0) scores below the
+    universal model on the target task's validation: the cycle publishes the universal model, and
+    its report and the snapshot say so."""
+    from precise.pipeline.orchestrator import Pipeline
+    from precise.store.files import Files
+    from precise.store.lake import load_ledger
+    from precise.store.snapshots import SnapshotStore
+
+    config = ml100k_copy(tmp_path)
+    ledger = load_ledger(Files(tmp_path))
+    config = PreciseConfig.model_validate({
+        **config.model_dump(mode="json"),
+        "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": ledger.events_topic,
+                  "items_topic": ledger.items_topic, "dead_letter_topic": f"{ledger.events_topic}.dlq"},
+        "ingest": {"publish_dead_letters": False, "compact_min_files": 0},
+        "training": {"model": {"fusion": "id", "max_len": 50, "id_dim": 16, "num_layers": 1, "num_negatives": 32,
+                               "head_residual": False},
+                     "universal": {"epochs": 2, "batch_size": 128, "lr": 3e-3},
+                     "targeted": {"epochs": 1, "lr": 0.0}, "num_workers": 1, "cpus_per_worker": 0.5},
+        "pipeline": {"cycle_s": 30 * 86_400, "warmup_cycles": 6, "max_cycles": 1, "predict": True},
+        "predict": {"task": "gate", "actor_num_cpus": 0.25, "batch_size": 512},
+    })
+    assert Pipeline(config).run()["cycles_run"] == 1
+    (path,) = sorted((tmp_path / "pipeline" / "periodic" / "cycles").glob("*.json"))
+    gate = json.loads(path.read_text())["gate"]
+    assert gate["choice"] == "universal" and gate["published"] == "universal/000001", gate
+    assert gate["scores"]["targeted"] < gate["scores"]["universal"] and gate["cases"] > 100, gate
+    assert "below the universal model" in gate["reason"]
+    snapshot = SnapshotStore(tmp_path, "gate").latest()
+    assert snapshot.manifest["model_version"] == "universal/000001"
+    assert snapshot.manifest["sequence_rules"]["family"] == "all"  # the universal model's own users

@@ -26,7 +26,7 @@ def _config(tmp_path: Path, table: Path, model_version: str) -> PreciseConfig:
         "predict": {
             "task": "pq", "items_from": "parquet", "items_path": str(tmp_path / "items.parquet"),
             "users_from": "parquet", "sequences_path": str(tmp_path / "seq.parquet"),
-            "actor_num_cpus": 0.25, "task_num_cpus": 0.25, "batch_size": 100,
+            "actor_num_cpus": 0.25, "batch_size": 100,
             "embedder": {"kwargs": {"items_path": str(table), "model_version": model_version}},
             "index": {"exact_max_items": 100, "approximate": "hnsw", "recall_queries": 50},
         },

@@ -110,7 +110,7 @@ def service(ray_head, kafka_broker, tmp_path_factory):
                   "max_body_bytes": 200_000,
                   "ingress": {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.1},
                   "recall": {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.1}},
-        "predict": {"task": TASK, "actor_num_cpus": 0.25, "task_num_cpus": 0.25, "batch_size": 128,
+        "predict": {"task": TASK, "actor_num_cpus": 0.25, "batch_size": 128,
                     "embedder": {"kwargs": {"items_path": str(vecs.table_path), "model_version": "table-1"}}},
     }
     config_path = root / "platform.yaml"
@@ -349,10 +349,12 @@ def test_hot_swap_under_load_never_mixes_versions(service):
 
 
 def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
-    """jobs/predict.py's library (Ray Data actor pool over the catalogue and the live events) makes
-    a snapshot the service swaps to; an item that exists only in `item-catalog`, with text and no
-    vector anywhere, gets an embedding from its text in the next items cycle and is recalled."""
+    """jobs/predict.py's library (Ray Data actor pool over the lake's catalogue and sequences, which
+    the ingest job built from the stream) makes a snapshot the service swaps to; an item that exists
+    only in `item-catalog`, with text and no vector anywhere, gets an embedding from its text in the
+    next items cycle and is recalled."""
     from precise.config import load_config
+    from precise.ingest.job import IngestJob
     from precise.predict.job import run_predict
 
     cfg = load_config(service.config_path)
@@ -360,11 +362,13 @@ def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
         for n in range(400):
             producer.send_item({"item_id": f"i{n}", "text": f"film {n} genre {n % 7}", "created_ts": NOW_MS})
         producer.flush()
+    IngestJob(cfg).run_once()
     result = run_predict(cfg, cycle="all")
     manifest = result.snapshot.manifest
     assert (manifest["num_items"], manifest["model_version"]) == (400, "table-1")
-    assert manifest["num_users"] == len(HISTORY)  # users built from the behaviour stream
-    assert manifest["sources"]["items_from"] == "kafka"
+    assert manifest["num_users"] == len(HISTORY)  # users from the lake's sequences of the stream
+    assert manifest["sources"]["items_from"] == "lake" and manifest["sources"]["users_from"] == "lake"
+    assert manifest["sequence_rules"]["family"] == "all"
     all_version = result.snapshot.version
     service.wait_for_version(all_version)
 
@@ -373,6 +377,7 @@ def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
     with EventProducer(service.kafka) as producer:
         producer.send_item({"item_id": "cold-1", "text": cold_text, "created_ts": NOW_MS})
         producer.flush()
+    IngestJob(cfg).run_once()
     result = run_predict(cfg, cycle="items")
     assert result.users_reused_from == all_version and result.items == 401
     service.wait_for_version(result.snapshot.version)

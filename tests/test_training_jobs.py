@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from precise.config import PreciseConfig
-from precise.data import load_movielens
-from precise.events.replay import replay
 from precise.store.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
@@ -17,32 +16,18 @@ SMALL_MODEL = {"max_len": 50, "id_dim": 16, "text_dim": 16, "token_dim": 16, "nu
 
 
 @pytest.fixture(scope="module")
-def lake_config(kafka_broker, ray_head, tmp_path_factory):
-    import uuid
-
-    tag = uuid.uuid4().hex[:8]
-    config = PreciseConfig.model_validate({
-        "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": f"ev-{tag}",
-                  "items_topic": f"it-{tag}", "dead_letter_topic": f"ev-{tag}.dlq", "partitions": 2},
-        "storage": {"root": str(tmp_path_factory.mktemp("root"))},
-        "ingest": {"publish_dead_letters": False},
-        "sequences": {"max_len": 50, "buckets": 2,
-                      "targets": [{"name": "like", "actions": ["like"]}]},
-        "training": {"model": SMALL_MODEL, "text": {"model": "hashed", "max_tokens": 8},
-                     "universal": {"epochs": 2, "batch_size": 128},
-                     "targeted": {"epochs": 1, "batch_size": 128},
-                     "num_workers": 1, "cpus_per_worker": 0.5},
-    })
-    replay(load_movielens("ml-100k"), config.kafka, progress=False)
-    from precise.ingest.job import IngestJob
-
-    summary = IngestJob(config).run_once()
-    assert summary["events"] == 155_375 and summary["dead_letters"] == 0, summary
-    return config
+def lake_config(ml100k_copy, tmp_path_factory):
+    return ml100k_copy(
+        tmp_path_factory.mktemp("root"),
+        kafka={"client_options": {"sasl_plain_password": "hunter2"}},  # must never reach the registry
+        training={"model": SMALL_MODEL, "text": {"model": "hashed", "max_tokens": 8},
+                  "universal": {"epochs": 2, "batch_size": 128}, "targeted": {"epochs": 1, "batch_size": 128},
+                  "num_workers": 1, "cpus_per_worker": 0.5})
 
 
 def test_universal_then_targeted_with_lineage(lake_config):
-    from precise.train.ray_job import prepare, run_training
+    from precise.train import recipe
+    from precise.train.ray_job import run_training
 
     registry = ModelRegistry(lake_config.storage.resolved_root())
     universal = run_training(lake_config, "universal")
@@ -51,19 +36,29 @@ def test_universal_then_targeted_with_lineage(lake_config):
     assert meta["parent_version"] is None and meta["num_items"] == 1682
     assert meta["metrics"]["epoch"] == 2 and meta["metrics"]["val_ndcg_at_10"] > 0
     assert meta["data_window"]["end_ts"] > 0 and meta["ledger"]
+    # the registered weights are the best validated epoch's, and the version says which and why
+    history = {r["epoch"]: r for r in meta["history"]}
+    assert meta["selected_by"]["metric"] == "N@10" and meta["selected_by"]["on"] == "validation"
+    best = meta["selected_by"]["epoch"]
+    assert history[best]["val_ndcg_at_10"] == max(r["val_ndcg_at_10"] for r in history.values())
+    assert meta["sequence_rules"] == {"family": "all", "actions": ["rate"], "scenes": None, "max_len": 50}
+    assert "hunter2" not in json.dumps(meta)  # credentials are not recorded
 
     # the targeted job starts from exactly the LATEST universal weights (every shared parameter)
-    prepared = prepare(lake_config, "targeted")
+    setup = recipe.setup(lake_config, "targeted")
+    initial = setup.payload.initial_state
     ut_state = registry.load_state_dict(registry.latest("universal"))
-    shared = [k for k in prepared.initial_state if k in ut_state]
-    assert len(shared) >= 10 and prepared.lineage["warm_started_parameters"] == len(shared)
+    shared = [k for k in initial if k in ut_state]
+    assert len(shared) >= 10 and setup.lineage["warm_started_parameters"] == len(shared)
     for key in shared:
-        expected = ut_state[key][: prepared.initial_state[key].shape[0]]
-        assert torch.equal(prepared.initial_state[key], expected), key
+        expected = ut_state[key][: initial[key].shape[0]]
+        assert torch.equal(initial[key], expected), key
 
     targeted = run_training(lake_config, "targeted")
     assert targeted.version.ref == "targeted/like/000001"
     assert targeted.version.metadata["warm_started_from"] == "universal/000001"
+    assert targeted.version.metadata["history"][0]["epoch"] == 0  # the warm start itself is validated
+    assert targeted.version.metadata["sequence_rules"]["family"] == "like"
     assert registry.latest("targeted", "like").version == "000001"
 
     # a second universal run continues from the first (incremental: nothing new since it)

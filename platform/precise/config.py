@@ -8,15 +8,18 @@ Sections owned by a stage (ingest, model, train, serve) live beside that stage a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from precise.events.schema import DEFAULT_ACTIONS
+from precise.model.config import TARGETED_VARIANTS, UNIVERSAL_VARIANTS, ModelConfig
 from precise.paths import precise_home
 
 
@@ -88,27 +91,86 @@ class TextModelConfig(Section):
     max_tokens: int = Field(32, ge=1)  # m: tokens per item
 
 
+def _options_of(cls: type, exclude: tuple[str, ...]) -> type[Section]:
+    """A config section with the fields, types and defaults of the dataclass `cls` (less `exclude`),
+    so the YAML is typed and validated at load, with one definition of each field (the dataclass)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls) if f.name not in exclude}
+    section = create_model(f"{cls.__name__}Options", __base__=Section, **fields)
+    section.__doc__ = f"The fields of `{cls.__module__}.{cls.__name__}` (documented there)."
+    section.dataclass_source = cls  # scripts/gen_config_docs.py documents the dataclass's fields
+    return section
+
+
+class ModelOptions(_options_of(ModelConfig, exclude=("num_items",))):
+    """`training.model`: every `precise.model.ModelConfig` field but the catalogue size, which comes
+    from the data."""
+
+    @model_validator(mode="after")
+    def _valid_model(self) -> ModelOptions:
+        ModelConfig(num_items=1, **self.model_dump())  # its own checks (fusion, heads, top_k), at load
+        return self
+
+
+class TrainOptions(Section):
+    """One training stage (`training.universal` or `training.targeted`): optimiser, epochs, selection."""
+
+    epochs: int = Field(10, ge=0)  # passes over the training samples
+    batch_size: int = Field(128, ge=1)  # samples per optimizer step (per Ray Train worker)
+    lr: float = Field(1e-3, ge=0)  # AdamW learning rate of parameters that start fresh (e.g. the targeted head)
+    # learning rate of the parameters taken from a parent model (the warm start of targeted training,
+    # the previous version of incremental training); null: `lr`
+    warm_start_lr: float | None = Field(None, ge=0)
+    # learning rate of the item tower (ID table, token table, MoE) wherever it comes from; 0 freezes
+    # it; null: the rate of its group above
+    item_lr: float | None = Field(None, ge=0)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    eval_every: int = Field(1, ge=1)  # validate every n epochs (and after the last one)
+    freeze_tokens_epochs: int = Field(0, ge=0)  # alternate training: token table frozen for these first epochs
+    patience: int | None = Field(None, ge=1)  # stop after this many validations without improvement
+    amp: Literal["bf16"] | None = None  # "bf16": autocast matmuls to bfloat16 (CUDA)
+    grad_clip: float | None = Field(None, gt=0)  # max gradient norm (clip_grad_norm_); null: no clipping
+    seed: int = 42  # seeds the initial weights, the sample order and the negatives of every epoch
+    # training samples per user: `last` = one window of its most recent max_len + 1 training items;
+    # `all` = windows covering its whole training history (each transition once)
+    windows: Literal["last", "all"] = "last"
+
+
+class TargetedOptions(TrainOptions):
+    """`training.targeted`: a training stage, plus what the targeted task trains on."""
+
+    # the user's history the model reads: `target` = the target family's own events (paper: S'_u);
+    # `all` = the all-scene sequence, with the target events as the labels to predict
+    history: Literal["target", "all"] = "target"
+    targets_per_user: int = Field(1, ge=1)  # predicted target events per training window and epoch
+
+
 class TrainingConfig(Section):
-    """Universal and targeted training jobs (`jobs/universal.py`, `jobs/targeted.py`).
+    """Universal and targeted training (`jobs/universal.py`, `jobs/targeted.py`, the pipeline and
+    `benchmarks/quality.py`: one recipe, precise.train.recipe)."""
 
-    `model`, `universal` and `targeted` hold the fields of `precise.model.ModelConfig` (without
-    `num_items`, which comes from the data) and of `precise.train.loop.TrainConfig`; the jobs
-    reject unknown keys there before any work starts.
-    """
-
-    model: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields (section training.model)
-    universal: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields for universal training
-    targeted: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields for targeted training
+    model: ModelOptions = Field(default_factory=ModelOptions)  # the model (precise.model.ModelConfig)
+    universal: TrainOptions = Field(default_factory=TrainOptions)  # universal training
+    targeted: TargetedOptions = Field(default_factory=TargetedOptions)  # targeted training
     target: str = "like"  # the sequence family (sequences.targets[].name) of the targeted task
     text: TextModelConfig = Field(default_factory=TextModelConfig)
-    num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP over gloo on CPU)
+    # the validation metric that chooses the registered epoch: R@K or N@K (K in eval_ks)
+    select_metric: str = Field("N@10", pattern=r"^[RN]@[0-9]+$")
+    eval_ks: list[int] = Field(default_factory=lambda: [10], min_length=1)  # K of the validation metrics
+    eval_batch_users: int = Field(1024, ge=1)  # users scored at once in validation (memory: users x items)
+    num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP over gloo on CPU, nccl on GPU)
     cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs reserved per Ray Train worker
+    use_gpu: bool = False  # one GPU per Ray Train worker
     threads_per_worker: int = Field(1, ge=1)  # torch threads in each worker
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint
-    # Compute the training windows once and keep them in the object store for every epoch (users x
-    # (max_len + 1) x 8 B: 10 MB for ML-1M). Off: each epoch re-reads and re-windows the sequences
-    # (for datasets the object store cannot hold; measured 3.3x slower per epoch on ML-100k).
-    materialize_windows: bool = True
+
+    @model_validator(mode="after")
+    def _select_metric_is_measured(self) -> TrainingConfig:
+        k = int(self.select_metric.split("@")[1])
+        if k not in self.eval_ks:
+            raise ValueError(f"select_metric {self.select_metric} needs K={k} in eval_ks {self.eval_ks}")
+        return self
 
 
 class IngestConfig(Section):
@@ -177,6 +239,9 @@ class PipelineConfig(Section):
     max_cycles: int | None = Field(None, ge=1)  # stop after this many trained cycles
     mode: Literal["periodic", "once"] = "periodic"  # TT re-warm-started every cycle, or only once
     predict: bool = True  # publish an embedding snapshot after each cycle (when serving is set up)
+    # which model a cycle publishes for the target task: auto = the better of the new targeted and the
+    # new universal model (used directly) on the target task's validation (the serving gate)
+    publish: Literal["auto", "targeted", "universal"] = "auto"
     poll_interval_s: float = Field(10.0, gt=0)  # --follow: wait between ingest polls
 
 
@@ -211,18 +276,20 @@ class PredictConfig(Section):
     task: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")  # snapshot series: <root>/embeddings/<task>/
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
-    # Items: the compacted `item-catalog` topic (every item, with its text) or a Parquet file.
-    items_from: Literal["kafka", "parquet"] = "kafka"
+    # Items: the lake's item table (every item of `item-catalog` that is not deleted, with its text: a
+    # new item known only by its text is embedded from it, the cold-start path) or a Parquet file.
+    items_from: Literal["lake", "parquet"] = "lake"
     items_path: str | None = None  # Parquet with item_id, text (items_from: parquet)
-    # Users: sequences built from `behavior-events`, or a Parquet file of (user_id, item_ids).
-    users_from: Literal["kafka", "parquet"] = "kafka"
+    # Users: their sequences in the lake, with the sequence rules of the model (a targeted model reads
+    # its target family), or a Parquet file of (user_id, item_ids).
+    users_from: Literal["lake", "parquet"] = "lake"
     sequences_path: str | None = None  # Parquet with user_id, item_ids (users_from: parquet)
-    sequence_actions: list[str] | None = None  # keep only these actions (the task's behaviour)
+    # for an embedder that records no sequence rules (the trained model does): the family and window
+    sequence_family: str | None = None  # null: sequences.all_scene
     max_sequence_length: int = Field(50, ge=1, le=10_000)  # most recent items per user sequence
     batch_size: int = Field(512, ge=1)  # rows per embedding batch (Ray Data map_batches)
     num_actors: int = Field(1, ge=1)  # embedding actors (Ray Data actor pool size)
     actor_num_cpus: float = Field(1.0, gt=0)  # per embedding actor
-    task_num_cpus: float = Field(1.0, gt=0)  # per Kafka read / parse task
     threads_per_actor: int = Field(1, ge=1)  # torch / BLAS threads in each embedding actor
     keep_versions: int = Field(5, ge=2)  # older snapshots are deleted after a publish
 
@@ -263,6 +330,25 @@ class ServeConfig(Section):
     recall: DeploymentScaling = Field(default_factory=DeploymentScaling)
 
 
+class QualityConfig(Section):
+    """`benchmarks/quality.py`: which variants to train and evaluate on which packaged dataset, and how
+    to score them (paper section V). Training itself is `training` with the variant's fusion."""
+
+    dataset: Literal["ml-100k", "ml-1m"] = "ml-100k"  # replayed into a lake of its own, once
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)  # one run per seed; results are means
+    # universal variants (all-scene task): id_only, llm_only, pool, ut; targeted (target task): tt, ut_tt
+    variants: list[str] = Field(default_factory=lambda: ["id_only", "ut", "tt", "ut_tt"], min_length=1)
+    ks: list[int] = Field(default_factory=lambda: [10, 30, 50], min_length=1)  # Recall@K and NDCG@K
+    hot_fraction: float = Field(0.2, gt=0, lt=1)  # cold items: outside this most popular share
+
+    @model_validator(mode="after")
+    def _known_variants(self) -> QualityConfig:
+        unknown = [v for v in self.variants if v not in UNIVERSAL_VARIANTS and v not in TARGETED_VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; known: {[*UNIVERSAL_VARIANTS, *TARGETED_VARIANTS]}")
+        return self
+
+
 class PreciseConfig(Section):
     name: str = "default"  # a label; recorded with the whole config in each model version's metadata
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
@@ -275,6 +361,7 @@ class PreciseConfig(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    quality: QualityConfig | None = None  # only the configs of benchmarks/quality.py have one
 
     @model_validator(mode="after")
     def _training_target_is_built(self) -> PreciseConfig:

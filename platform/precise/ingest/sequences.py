@@ -1,10 +1,10 @@
 """Per-user sequences for training, built from the event lake with Ray Data, incrementally.
 
 For each configured spec (the all-scene sequence S_u and each target S'_u, DESIGN section 5) we
-keep, per user, the events whose action / scene the spec selects, in time order (ts, then
-event_id), truncated to the most recent `max_len`, with the leave-one-out split of the evaluation
-protocol: the last item is the test target, the second-to-last the validation target, the rest
-(`train_len` items) is for training. Users with fewer than 3 events have no split (train only).
+keep, per user, the events whose action / scene the spec selects, in time order (ts, then item_id,
+then event_id: the same behaviour seen by two families gets the same place in both), truncated to
+the most recent `max_len`. The train / validation / test split is not stored: it is cut when the
+sequences are read, by `precise.store.sequences.split`.
 
 Output, one folder per spec, users hashed into `buckets` files:
 
@@ -40,7 +40,10 @@ from precise.store.sequences import SEQUENCE_SCHEMA
 
 log = logging.getLogger(__name__)
 
-_EVENT_COLUMNS = ["user_id", "item_id", "ts", "event_id"]
+# The event columns a sequence keeps, and the list column each becomes.
+EVENTS = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("ts", pa.int64()),
+                    ("offset", pa.int64()), ("event_id", pa.string())])
+_LISTS = {"item_id": "item_ids", "ts": "ts", "offset": "offsets", "event_id": "event_ids"}
 
 
 @dataclass
@@ -61,7 +64,7 @@ def bucket_of(user_ids: list[str], buckets: int) -> np.ndarray:
 
 
 def select_events(batch: pa.Table, actions: list[str] | None, scenes: list[str] | None) -> pa.Table:
-    """The events of `batch` a spec keeps, as (user_id, item_id, ts, event_id)."""
+    """The events of `batch` a spec keeps, as EVENTS rows."""
     mask = None
     if actions is not None:
         mask = pc.is_in(batch.column("action"), value_set=pa.array(actions, pa.string()))
@@ -69,71 +72,48 @@ def select_events(batch: pa.Table, actions: list[str] | None, scenes: list[str] 
         scene_mask = pc.is_in(batch.column("scene"), value_set=pa.array(scenes, pa.string()))
         mask = scene_mask if mask is None else pc.and_(mask, scene_mask)
     selected = batch if mask is None else batch.filter(mask)
-    return selected.select(_EVENT_COLUMNS)
+    return selected.select(EVENTS.names).cast(EVENTS)
 
 
 def collapse(events: pa.Table, max_len: int) -> pa.Table:
-    """Events (user_id, item_id, ts, event_id), any order -> one row per user, lists in time order.
+    """EVENTS rows, any order -> one row per user, lists in event order.
 
-    Ties in ts are broken by event_id; an event id seen twice counts once; only the most recent
-    `max_len` events are kept. (The map_groups function, and the merge of old and new events.)
+    Event order: time, then arrival (the Kafka offset: a user's events share a partition, so within
+    one timestamp they keep the order they were produced in), then event id. An event id seen twice
+    counts once; only the most recent `max_len` events are kept. (The builder's per-partition
+    function, and the merge of old and new events.)
     """
-    if events.num_rows == 0:
-        return pa.table({"user_id": pa.array([], pa.string()), "item_ids": pa.array([], pa.list_(pa.string())),
-                         "ts": pa.array([], pa.list_(pa.int64())), "event_ids": pa.array([], pa.list_(pa.string()))})
-    frame = events.select(_EVENT_COLUMNS).to_pandas()
+    frame = events.select(EVENTS.names).to_pandas()
     frame = frame.drop_duplicates(["user_id", "event_id"])
-    frame = frame.sort_values(["user_id", "ts", "event_id"], kind="stable")
+    frame = frame.sort_values(["user_id", "ts", "offset", "event_id"], kind="stable")
     frame = frame.groupby("user_id", sort=False).tail(max_len)
-    table = pa.Table.from_pandas(frame, preserve_index=False).cast(
-        pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("ts", pa.int64()), ("event_id", pa.string())]))
+    table = pa.Table.from_pandas(frame, preserve_index=False, schema=EVENTS)
     # Single-threaded group_by keeps the input order inside each list.
     grouped = table.group_by("user_id", use_threads=False).aggregate(
-        [("item_id", "list"), ("ts", "list"), ("event_id", "list")])
-    return pa.table({"user_id": grouped.column("user_id"), "item_ids": grouped.column("item_id_list"),
-                     "ts": grouped.column("ts_list"), "event_ids": grouped.column("event_id_list")})
+        [(name, "list") for name in EVENTS.names[1:]])
+    return pa.table({"user_id": grouped.column("user_id"),
+                     **{_LISTS[name]: grouped.column(f"{name}_list") for name in EVENTS.names[1:]}})
 
 
-def with_split(sequences: pa.Table) -> pa.Table:
-    """Add length and the leave-one-out split columns; SEQUENCE_SCHEMA, sorted by user."""
-    lengths = pc.list_value_length(sequences.column("item_ids")).to_numpy(zero_copy_only=False).astype(np.int32)
-    has_split = lengths >= 3
-    items = sequences.column("item_ids").to_pylist()
-    valid = [seq[-2] if ok else None for seq, ok in zip(items, has_split, strict=True)]
-    test = [seq[-1] if ok else None for seq, ok in zip(items, has_split, strict=True)]
-    table = pa.table({
-        "user_id": sequences.column("user_id"),
-        "item_ids": sequences.column("item_ids"),
-        "ts": sequences.column("ts"),
-        "event_ids": sequences.column("event_ids"),
-        "length": pa.array(lengths, pa.int32()),
-        "train_len": pa.array(np.where(has_split, lengths - 2, lengths), pa.int32()),
-        "valid_item": pa.array(valid, pa.string()),
-        "test_item": pa.array(test, pa.string()),
-    }, schema=SEQUENCE_SCHEMA)
-    return table.sort_by("user_id")
+def finish(sequences: pa.Table) -> pa.Table:
+    """Add `length`: SEQUENCE_SCHEMA, sorted by user."""
+    lengths = pc.list_value_length(sequences.column("item_ids")).cast(pa.int32())
+    table = pa.table({name: sequences.column(name) for name in SEQUENCE_SCHEMA.names if name != "length"})
+    return table.append_column("length", lengths).cast(SEQUENCE_SCHEMA).sort_by("user_id")
 
 
 def explode(sequences: pa.Table) -> pa.Table:
-    """Stored sequences back to event rows (user_id, item_id, ts, event_id)."""
+    """Stored sequences back to EVENTS rows."""
     parents = pc.list_parent_indices(sequences.column("item_ids"))
-    return pa.table({
-        "user_id": pc.take(sequences.column("user_id"), parents),
-        "item_id": pc.list_flatten(sequences.column("item_ids")),
-        "ts": pc.list_flatten(sequences.column("ts")),
-        "event_id": pc.list_flatten(sequences.column("event_ids")),
-    })
-
-
-def _empty_events() -> pa.Table:
-    return pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string()),
-                     "ts": pa.array([], pa.int64()), "event_id": pa.array([], pa.string())})
+    return pa.table({"user_id": pc.take(sequences.column("user_id"), parents),
+                     **{name: pc.list_flatten(sequences.column(_LISTS[name])) for name in EVENTS.names[1:]}},
+                    schema=EVENTS)
 
 
 def _partition_sequences(batch: pa.Table, filesystem: Any, actions: list[str] | None, scenes: list[str] | None,
                          max_len: int) -> pa.Table:
     """Ray task: one Kafka partition's new lake files -> that partition's users' sequences."""
-    events = read_parquet_files(batch, filesystem, [*_EVENT_COLUMNS, "action", "scene"])
+    events = read_parquet_files(batch, filesystem, [*EVENTS.names, "action", "scene"])
     return collapse(select_events(events, actions, scenes), max_len)
 
 
@@ -154,7 +134,8 @@ class SequenceBuilder:
     # ---- one spec ---------------------------------------------------------------------------------
 
     def _fingerprint(self, spec: SequenceSpec) -> dict[str, Any]:
-        return {"spec": spec.model_dump(), "max_len": self.config.max_len, "buckets": self.config.buckets}
+        return {"spec": spec.model_dump(), "max_len": self.config.max_len, "buckets": self.config.buckets,
+                "format": store.FORMAT}
 
     def _build_spec(self, spec: SequenceSpec, files: list[str], covered: dict[int, int], full: bool) -> BuildResult:
         started = time.monotonic()
@@ -181,9 +162,9 @@ class SequenceBuilder:
                 kept = old.filter(pc.invert(is_touched))
                 merged = collapse(pa.concat_tables([explode(old.filter(is_touched)), explode(mine)]),
                                   self.config.max_len)
-                table = pa.concat_tables([kept, with_split(merged)]).sort_by("user_id")
+                table = pa.concat_tables([kept, finish(merged)]).sort_by("user_id")
             else:
-                table = with_split(mine)
+                table = finish(mine)
             users_total += table.num_rows
             self.storage.write_parquet(store.bucket_path(self.storage, spec.name, bucket), table)
         if full:  # a smaller bucket count leaves files behind: remove them
@@ -208,7 +189,7 @@ class SequenceBuilder:
         read_parquet over the ~600 daily files ~45 s; this takes about a second.
         """
         if not files:
-            return collapse(_empty_events(), self.config.max_len)
+            return collapse(EVENTS.empty_table(), self.config.max_len)
         import ray
 
         by_partition: dict[int, list[str]] = {}
@@ -221,7 +202,7 @@ class SequenceBuilder:
                                        "max_len": self.config.max_len})
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         if not tables:
-            return collapse(_empty_events(), self.config.max_len)
+            return collapse(EVENTS.empty_table(), self.config.max_len)
         table = pa.concat_tables(tables)
         counts = pc.value_counts(table.column("user_id"))
         split_users = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))

@@ -92,6 +92,12 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("precise_pipeline_trained_share", "gauge", ("mode", "task"),
                "Share of the cycle's exposed items that the serving model's UT trained on (figure 4a)",
                "falls with `mode: once`; stays high with `periodic`"),
+    MetricSpec("precise_pipeline_gate_score", "gauge", ("task", "model"),
+               "Each new model's validation score on the target task (the serving gate)",
+               "targeted below universal cycle after cycle: targeted training is not earning its place"),
+    MetricSpec("precise_pipeline_published_model", "gauge", ("task", "model"),
+               "1 for the model the last cycle published for the target task, 0 for the other",
+               "which model users get; forced by `pipeline.publish`, else the gate's choice"),
     # ---- serving (every Ray Serve replica that answers HTTP) -------------------------------------
     MetricSpec("precise_serve_requests", "counter", ("task", "endpoint", "status"),
                "HTTP requests answered, by route and status code",

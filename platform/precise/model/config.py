@@ -16,8 +16,12 @@ from typing import Any
 #   id   ID(i) only (PRECISE-ID, SASRec-like)      llm   MoE(x_i) only (PRECISE-LLM)
 #   pool ID(i) + mean-pool(x_i) (PRECISE-Pool)     moe   ID(i) + MoE(x_i) (PRECISE, eq. 4)
 FUSIONS = ("id", "llm", "pool", "moe")
+TARGET_LOSSES = ("users", "items", "both")
 PAD = 0  # item index of padding (and of "no target")
-UNIVERSAL_VARIANTS: dict[str, str] = {"id_only": "id", "llm_only": "llm", "pool": "pool", "ut": "moe"}
+UNIVERSAL_VARIANTS: dict[str, str] = {"id_only": "id", "llm_only": "llm", "pool": "pool", "ut": "moe",
+                                      # ID only at the fused variants' width (id_dim + text_dim): a control
+                                      # that separates what the text adds from what the extra width adds
+                                      "id_wide": "id"}
 # Two-stage variants on the target task: TT alone (from scratch) and UT then TT (warm start).
 TARGETED_VARIANTS = ("tt", "ut_tt")
 
@@ -43,6 +47,13 @@ class ModelConfig:
     in_batch_negatives: int = 0  # extra negatives drawn from other sequences' items in the batch
     head_hidden: int | None = None  # targeted MLP hidden width; None: 2 x width
     head_residual: bool = True  # targeted user = last position + MLP(concat), MLP output zero-init
+    # softmax over every item instead of sampled negatives (next-item loss and the targeted `items`
+    # objective): exact, and cheap while the catalogue is small (one [positions, items] product)
+    full_softmax: bool = False
+    # targeted training's objective: users = paper eq. 6 (the true user above the batch's other users
+    # for the next item); items = softmax of the next item over items (the negatives above); both = sum
+    target_loss: str = "users"
+    items_weight: float = 1.0  # weight of the items term when target_loss is both
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -53,8 +64,10 @@ class ModelConfig:
             raise ValueError(f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.num_negatives < 1 and self.in_batch_negatives < 1:
-            raise ValueError("sampled softmax needs num_negatives or in_batch_negatives >= 1")
+        if self.num_negatives < 1 and self.in_batch_negatives < 1 and not self.full_softmax:
+            raise ValueError("sampled softmax needs num_negatives or in_batch_negatives >= 1 (or full_softmax)")
+        if self.target_loss not in TARGET_LOSSES:
+            raise ValueError(f"target_loss must be one of {TARGET_LOSSES}, got {self.target_loss!r}")
 
     @property
     def uses_id(self) -> bool:

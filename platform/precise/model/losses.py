@@ -1,4 +1,5 @@
-"""Losses: sampled softmax for next-item prediction (paper eq. 5) and BPR over users (eq. 6)."""
+"""Losses: sampled softmax for next-item prediction (paper eq. 5), its exact full-softmax form, and
+BPR over users (eq. 6)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def sampled_softmax_loss(
     neg_logits = neg_logits.masked_fill(hits, _HIT)
     logits = torch.cat([pos_logits[:, None], neg_logits], dim=1).float()
     return -F.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `targets` [P] over every item: logits [P, n + 1], column 0 (padding) excluded."""
+    logits = logits.float()
+    logits[:, 0] = _HIT
+    return F.cross_entropy(logits, targets)
 
 
 def bpr_user_loss(scores: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """Targeted training model (paper section IV-D): the universal model's blocks without the causal
 mask, user embedding = MLP(concat of all positions' outputs), BPR loss ranking the true user above
-the other users of the batch for the next item (eq. 6). Warm-started from a universal checkpoint:
+the other users of the batch for the next item (eq. 6; `target_loss: users`). Eq. 6 compares users
+for one fixed item, so any per-item offset cancels from it: it cannot learn or keep item
+popularity or a scene prior. `target_loss: items` ranks the next item above other items for the
+same user instead (sampled or full softmax), `both` adds the two. Warm-started from a universal checkpoint:
 every parameter the two share (item encoder incl. token table and MoE, positional embedding,
 blocks) is copied; only the MLP head starts fresh.
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from precise.model.config import PAD, ModelConfig
 from precise.model.fusion import ItemEncoder, l2_normalize
-from precise.model.losses import bpr_user_loss
+from precise.model.losses import bpr_user_loss, full_softmax_loss, sampled_softmax_loss
 from precise.model.transformer import SequenceEncoder
 
 
@@ -72,9 +75,31 @@ class TargetedModel(nn.Module):
         return l2_normalize(self.items())
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        target = batch["target_ids"]
         users = self.user_embeddings(batch["input_ids"])  # [B, W]
-        items = l2_normalize(self.items(batch["target_ids"]))  # [B, W]
-        return bpr_user_loss(users @ items.T / self.config.temperature, batch["target_ids"])
+        total = users.new_zeros(())
+        if cfg.target_loss in ("users", "both"):
+            items = l2_normalize(self.items(target))  # [B, W]
+            total = total + bpr_user_loss(users @ items.T / cfg.temperature, target)
+        if cfg.target_loss in ("items", "both"):
+            weight = cfg.items_weight if cfg.target_loss == "both" else 1.0
+            total = total + weight * self._items_loss(users / cfg.temperature, target)
+        return total
+
+    def _items_loss(self, query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The next item against other items for the same user (it keeps what eq. 6 cannot: item
+        popularity and scene priors), over every item or `num_negatives` uniform ones per sample
+        (uniform: no logQ correction is needed)."""
+        cfg = self.config
+        if cfg.full_softmax:
+            return full_softmax_loss(query @ l2_normalize(self.items()).T, target)
+        neg_ids = torch.randint(1, cfg.num_items + 1, (len(target), cfg.num_negatives), device=target.device)
+        vectors = l2_normalize(self.items(torch.cat([target, neg_ids.flatten()])))
+        pos, neg = vectors.split([len(target), neg_ids.numel()])
+        pos_logits = (query * pos).sum(-1)
+        neg_logits = torch.einsum("bw,brw->br", query, neg.view(len(target), cfg.num_negatives, -1))
+        return sampled_softmax_loss(pos_logits, neg_logits, target, neg_ids)
 
     def warm_start(self, universal_state: Mapping[str, torch.Tensor]) -> list[str]:
         """Copy every shared parameter/buffer from a universal model's state dict.

@@ -6,7 +6,8 @@ Scores are cosine similarities divided by a temperature (item and user vectors L
 in the HSTU repository's sampled-softmax setup); the Transformer reads the raw item embeddings.
 Negatives: `num_negatives` items drawn uniformly per position (HSTU's "local" sampling) plus,
 optionally, `in_batch_negatives` items drawn from the batch's other targets (items of other
-sequences, as the paper describes; popularity-biased, no logQ correction).
+sequences, as the paper describes; popularity-biased, no logQ correction), or with
+`full_softmax` every item (exact; what RecBole's SASRec trains with).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from precise.model.config import PAD, ModelConfig
 from precise.model.fusion import ItemEncoder, l2_normalize
-from precise.model.losses import sampled_softmax_loss
+from precise.model.losses import full_softmax_loss, sampled_softmax_loss
 from precise.model.transformer import SequenceEncoder
 
 
@@ -53,6 +54,10 @@ class UniversalModel(nn.Module):
         n_rows = cfg.num_items + 1
         has_target = targets != PAD
         pos_ids = targets[has_target]  # [P]
+        if cfg.full_softmax:
+            table = self.items()
+            query = l2_normalize(self.encode(inputs, table)[has_target]) / cfg.temperature
+            return full_softmax_loss(query @ l2_normalize(table).T, pos_ids)
         p, device = pos_ids.numel(), inputs.device
         shape = (cfg.num_negatives,) if cfg.shared_negatives else (p, cfg.num_negatives)
         neg_ids = torch.randint(1, n_rows, shape, device=device)

@@ -27,7 +27,7 @@ from typing import Any
 
 from precise.config import PreciseConfig
 from precise.metrics import best_effort
-from precise.metrics.pipeline import cycle_finished
+from precise.metrics.pipeline import cycle_finished, gate_decided
 from precise.pipeline.exposure import trained_share
 from precise.store.pipeline import PipelineRecords
 
@@ -41,6 +41,7 @@ class CycleReport:
     mode: str
     universal: dict[str, Any]
     targeted: dict[str, Any]
+    gate: dict[str, Any]  # which model was published for the target task, both scores and why
     snapshot: dict[str, Any] | None
     exposure: dict[str, Any] | None  # figure 4a measure for the cycle that starts at the boundary
     seconds: float
@@ -75,6 +76,7 @@ class Pipeline:
     # -- one cycle -------------------------------------------------------------------------
 
     def run_cycle(self, number: int, boundary: int, events: Any) -> CycleReport:
+        from precise.train.gate import decide
         from precise.train.ray_job import run_training
 
         started = time.monotonic()
@@ -82,11 +84,14 @@ class Pipeline:
         universal = run_training(self.config, "universal", until_ts=boundary)
         targeted = run_training(self.config, "targeted", until_ts=boundary,
                                 warm_start=self.settings.mode == "periodic")
-        snapshot = self._publish() if self.settings.predict else None
+        gate = decide(self.config, universal.version, targeted.version, until_ts=boundary)
+        log.info("cycle %d: publishing %s: %s", number, gate.published.ref, gate.reason)
+        best_effort(gate_decided, self.config.training.target, gate.choice, gate.scores)
+        snapshot = self._publish(gate.published) if self.settings.predict else None
         exposure = self._exposure(events, boundary)
         return CycleReport(cycle=number, boundary_ts=boundary, mode=self.settings.mode,
-                           universal=universal.summary(), targeted=targeted.summary(), snapshot=snapshot,
-                           exposure=exposure, seconds=round(time.monotonic() - started, 1))
+                           universal=universal.summary(), targeted=targeted.summary(), gate=gate.report(),
+                           snapshot=snapshot, exposure=exposure, seconds=round(time.monotonic() - started, 1))
 
     def _exposure(self, events: Any, boundary: int) -> dict[str, Any] | None:
         """Figure 4a for the cycle after `boundary`: the share of its exposed items that the UT
@@ -99,12 +104,10 @@ class Pipeline:
         exposed, share = trained_share(events, boundary, end, ut_boundary, self.config.sequences.all_scene.actions)
         return {"exposed_items": exposed, "trained_share": share, "ut_boundary_ts": ut_boundary}
 
-    def _publish(self) -> dict[str, Any] | None:
-        try:
-            from precise.predict.publish import publish_from_registry
-        except ImportError:
-            return None  # serving stage not installed: training cycles still run
-        return publish_from_registry(self.config)
+    def _publish(self, model: Any) -> dict[str, Any]:
+        from precise.predict.publish import publish_model
+
+        return publish_model(self.config, model)
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -33,6 +33,10 @@ class Embedder(Protocol):
         ...
 
 
+# The trained model of the registry (precise.predict.model_embedder): snapshots pin its version.
+REGISTRY_EMBEDDER = "precise.predict.model_embedder:RegistryEmbedder"
+
+
 class EmbedderError(ValueError):
     """An embedder that cannot be imported or built; the message names the import path."""
 

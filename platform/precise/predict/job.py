@@ -1,10 +1,13 @@
 """Batch prediction with Ray Data: every catalogue item and every user -> an embedding snapshot.
 
-Items come from the compacted `item-catalog` topic (the newest record per item id: every item,
-including new ones known only by their text, which the embedder embeds from text: the cold-start
-path) or from a Parquet file. Users come from their sequences: built here from `behavior-events`,
-or read from a Parquet file of (user_id, item_ids) written by the sequence builder. Embedding runs
-in `map_batches` on an actor pool, each actor loading the embedder once.
+Inputs come from the store, never from Kafka: ingest has validated and deduplicated them already.
+Items are the lake's item table (every item of `item-catalog` not deleted, with its text: a new
+item known only by its text is embedded from it, the cold-start path) or a Parquet file. Users are
+their sequences in the lake, read with exactly the sequence rules of the model that embeds them (a
+targeted model reads its target family, at its window), or a Parquet file of (user_id, item_ids).
+Embedding runs in `map_batches` on an actor pool, each actor loading the embedder once; the model
+version is pinned before the actors start, so all of them (and every replica that serves the
+snapshot) use the same one.
 
 An items-only cycle (items hourly, users daily) carries the user vectors of the LATEST snapshot
 over when the same model version made them; after a model change it recomputes the users too, so
@@ -13,7 +16,6 @@ a snapshot never holds vectors of two model versions.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,11 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from precise.config import KafkaConfig, PreciseConfig
+from precise.config import PreciseConfig
 from precise.metrics import best_effort
 from precise.metrics.predict import snapshot_published
-from precise.predict.embedder import load_embedder, set_thread_counts
+from precise.predict.embedder import REGISTRY_EMBEDDER, load_embedder, set_thread_counts
 from precise.predict.index import index_builder
+from precise.store.lake import read_items
+from precise.store.sequences import read_sequences
 from precise.store.snapshots import SnapshotError, SnapshotRef, SnapshotStore
 from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 
@@ -80,55 +84,8 @@ class UserEmbedActor(_EmbedActor):
 # ---- inputs -------------------------------------------------------------------------------------
 
 
-def _kafka_read(kafka: KafkaConfig, topic: str, num_cpus: float) -> tuple[Any, dict[int, int]]:
-    """A bounded Ray Data read of `topic` up to its current end; also the end offsets read to."""
-    import ray.data
-    from ray.data import KafkaAuthConfig
-
-    from precise.events.topics import end_offsets
-
-    ends = end_offsets(kafka.bootstrap_servers, topic, kafka.client_options)
-    if not ends:
-        raise PredictError(f"topic {topic!r} does not exist on {kafka.bootstrap_servers}")
-    auth = KafkaAuthConfig(**kafka.client_options) if kafka.client_options else None
-    ds = ray.data.read_kafka(topic, bootstrap_servers=kafka.bootstrap_servers, start_offset="earliest",
-                             end_offset={topic: dict(ends)}, kafka_auth_config=auth, timeout_ms=120_000,
-                             num_cpus=num_cpus)
-    return ds, ends
-
-
-def _parse_items(batch: pa.Table) -> pa.Table:
-    ids, texts = [], []
-    for value in batch.column("value").to_pylist():
-        try:
-            record = json.loads(value)
-            item_id, text = record["item_id"], record["text"]
-        except (ValueError, KeyError, TypeError):
-            item_id, text = None, None  # the producer validates; tolerate strays by skipping them
-        ids.append(item_id if isinstance(item_id, str) else None)
-        texts.append(text if isinstance(text, str) else None)
-    return pa.table({"item_id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
-                     "partition": batch.column("partition"), "offset": batch.column("offset")})
-
-
-def _parse_events(batch: pa.Table) -> pa.Table:
-    users, items, ts, actions = [], [], [], []
-    for value in batch.column("value").to_pylist():
-        try:
-            e = json.loads(value)
-            u, i, t, a = e["user_id"], e["item_id"], int(e["ts"]), str(e.get("action", ""))
-        except (ValueError, KeyError, TypeError):
-            continue
-        users.append(u)
-        items.append(i)
-        ts.append(t)
-        actions.append(a)
-    return pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string()),
-                     "ts": pa.array(ts, pa.int64()), "action": pa.array(actions, pa.string())})
-
-
 def read_catalog(cfg: PreciseConfig) -> tuple[pa.Table, dict[str, Any]]:
-    """(item_id, text) of every catalogue item, newest record per id; plus where it came from."""
+    """(item_id, text) of every catalogue item; plus where it came from."""
     p = cfg.predict
     if p.items_from == "parquet":
         if not p.items_path:
@@ -136,51 +93,45 @@ def read_catalog(cfg: PreciseConfig) -> tuple[pa.Table, dict[str, Any]]:
         table = pq.read_table(p.items_path, columns=["item_id", "text"])
         source: dict[str, Any] = {"items_from": "parquet", "items_path": p.items_path}
     else:
-        ds, ends = _kafka_read(cfg.kafka, cfg.kafka.items_topic, p.task_num_cpus)
-        raw = ds.map_batches(_parse_items, batch_format="pyarrow", num_cpus=p.task_num_cpus).to_arrow_refs()
-        import ray
-
-        table = pa.concat_tables(ray.get(raw)) if raw else pa.table({"item_id": [], "text": []})
-        table = table.filter(pc.and_(pc.is_valid(table["item_id"]), pc.is_valid(table["text"])))
-        # Compacted topic: several records per id until compaction runs; the newest one wins
-        # (one id always lands in one partition, so the highest offset is the newest).
-        table = table.sort_by([("item_id", "ascending"), ("offset", "descending")])
-        ids = table.column("item_id").to_numpy(zero_copy_only=False)
-        keep = np.ones(len(ids), dtype=bool)
-        keep[1:] = ids[1:] != ids[:-1]
-        table = table.filter(pa.array(keep)).select(["item_id", "text"])
-        source = {"items_from": "kafka", "items_topic": cfg.kafka.items_topic,
-                  "items_end_offsets": {str(k): v for k, v in ends.items()}}
+        items = read_items(cfg.storage.resolved_root())
+        live = pc.and_(pc.invert(pc.fill_null(items.column("deleted"), False)), pc.is_valid(items.column("text")))
+        table = items.filter(live).select(["item_id", "text"])
+        source = {"items_from": "lake", "deleted_items": items.num_rows - table.num_rows}
     if table.num_rows == 0:
-        raise PredictError("the item catalogue is empty: nothing to embed")
+        raise PredictError("the item catalogue is empty: nothing to embed (has the item topic been ingested?)")
     return table, source
 
 
-def read_sequences(cfg: PreciseConfig) -> tuple[pa.Table, dict[str, Any]]:
-    """(user_id, item_ids oldest first, at most max_sequence_length) per user."""
+def sequence_rules_of(cfg: PreciseConfig, embedder: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the embedder spec with its model version pinned, the sequence rules its users are read with)."""
+    p = cfg.predict
+    if embedder["import_path"] == REGISTRY_EMBEDDER:
+        from precise.predict.model_embedder import pinned, sequence_rules
+
+        kwargs, model = pinned({"root": cfg.storage.resolved_root(), **embedder["kwargs"]})
+        return {**embedder, "kwargs": kwargs}, sequence_rules(model)
+    family = p.sequence_family or cfg.sequences.all_scene.name
+    spec = next((s for s in cfg.sequences.specs() if s.name == family), None)
+    if spec is None:
+        raise PredictError(f"predict.sequence_family {family!r} is not a configured sequence family")
+    return embedder, {"family": family, "actions": spec.actions, "scenes": spec.scenes,
+                      "max_len": p.max_sequence_length}
+
+
+def read_users(cfg: PreciseConfig, rules: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
+    """(user_id, item_ids oldest first, the most recent `rules["max_len"]`) per user."""
     p = cfg.predict
     if p.users_from == "parquet":
         if not p.sequences_path:
             raise PredictError("predict.users_from is parquet but predict.sequences_path is not set")
-        return pq.read_table(p.sequences_path, columns=["user_id", "item_ids"]), {
-            "users_from": "parquet", "sequences_path": p.sequences_path}
-    import ray
-
-    ds, ends = _kafka_read(cfg.kafka, cfg.kafka.events_topic, p.task_num_cpus)
-    refs = ds.map_batches(_parse_events, batch_format="pyarrow", num_cpus=p.task_num_cpus).to_arrow_refs()
-    events = pa.concat_tables(ray.get(refs)) if refs else None
-    source = {"users_from": "kafka", "events_topic": cfg.kafka.events_topic,
-              "events_end_offsets": {str(k): v for k, v in ends.items()}}
-    if events is None or events.num_rows == 0:
-        return pa.table({"user_id": pa.array([], pa.string()), "item_ids": pa.array([], pa.list_(pa.string()))}), source
-    if p.sequence_actions:
-        events = events.filter(pc.is_in(events["action"], pa.array(p.sequence_actions)))
-    frame = events.to_pandas().sort_values(["user_id", "ts"], kind="stable")
-    # A rating and a `like` of the same item are one step of the sequence, not two.
-    frame = frame.drop_duplicates(["user_id", "item_id"], keep="last")
-    grouped = frame.groupby("user_id", sort=True)["item_id"].agg(lambda s: list(s)[-p.max_sequence_length:])
-    return pa.table({"user_id": pa.array(grouped.index.tolist(), pa.string()),
-                     "item_ids": pa.array(grouped.tolist(), pa.list_(pa.string()))}), source
+        table = pq.read_table(p.sequences_path, columns=["user_id", "item_ids"])
+        source: dict[str, Any] = {"users_from": "parquet", "sequences_path": p.sequences_path}
+    else:
+        table = read_sequences(cfg.storage.resolved_root(), rules["family"]).select(["user_id", "item_ids"])
+        source = {"users_from": "lake", "family": rules["family"]}
+    max_len = int(rules["max_len"])
+    tails = [items[-max_len:] for items in table.column("item_ids").to_pylist()]
+    return pa.table({"user_id": table.column("user_id"), "item_ids": pa.array(tails, pa.list_(pa.string()))}), source
 
 
 # ---- the job ------------------------------------------------------------------------------------
@@ -221,10 +172,10 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
     if not ray.is_initialized():
         ray.init()
     store = SnapshotStore(cfg.storage.resolved_root(), p.task)
+    embedder, rules = sequence_rules_of(cfg, {"import_path": p.embedder.import_path, "kwargs": p.embedder.kwargs})
     actor = {"compute": ray.data.ActorPoolStrategy(size=p.num_actors), "batch_size": p.batch_size,
              "batch_format": "pyarrow", "num_cpus": p.actor_num_cpus,
-             "fn_constructor_kwargs": {"import_path": p.embedder.import_path, "kwargs": p.embedder.kwargs,
-                                       "threads": p.threads_per_actor}}
+             "fn_constructor_kwargs": {**embedder, "threads": p.threads_per_actor}}
 
     catalog, sources = read_catalog(cfg)
     refs = ray.data.from_arrow(catalog).map_batches(ItemEmbedActor, **actor).to_arrow_refs()
@@ -245,7 +196,7 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
             writer.reuse_users(previous)
             sources["users_reused_from"] = previous.version
         else:
-            sequences, user_source = read_sequences(cfg)
+            sequences, user_source = read_users(cfg, rules)
             sources.update(user_source)
             if sequences.num_rows:
                 # One pass; blocks come back one at a time and are written as they arrive, so the
@@ -261,10 +212,10 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
                     embedded += block.num_rows
                 users_skipped = sequences.num_rows - embedded
         try:
-            ref = writer.publish(model_version=model_version,
-                                 embedder={"import_path": p.embedder.import_path, "kwargs": p.embedder.kwargs},
+            ref = writer.publish(model_version=model_version, embedder=embedder,
                                  build_index=index_builder(p.index), recall_queries=p.index.recall_queries,
-                                 extra={"cycle": cycle, "users_skipped": users_skipped, "sources": sources})
+                                 extra={"cycle": cycle, "users_skipped": users_skipped, "sources": sources,
+                                        "sequence_rules": rules})
         except SnapshotError as exc:
             raise PredictError(str(exc)) from None
     best_effort(snapshot_published, ref.task, ref.version, ref.manifest)

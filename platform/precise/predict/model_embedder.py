@@ -1,6 +1,7 @@
 """The trained PRECISE model behind the serving `Embedder` protocol.
 
-Loads one registry version (weights, item vocabulary, the fixed text projection) and answers:
+Loads one registry version (weights, item vocabulary, the fixed text projection; by default the
+LATEST, but a snapshot always names the exact version, `pinned`) and answers:
 item vectors for known items from the trained item tower; for a new item known only by its text,
 the text half of the tower on its LLM token states (projected with the version's own
 projection) and a zero ID half — the cold-start path; user vectors from the user's sequence
@@ -9,43 +10,31 @@ projection) and a zero ID half — the cold-start path; user vectors from the us
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load as load_arrays
 
-from precise.model import ModelConfig, build_model
 from precise.model.inputs import right_aligned
 from precise.model.text_adapter import TokenProjection, load_token_states
-from precise.store.registry import ITEMS_FILE, PROJECTION_FILE, ModelRegistry, RegistryError
+from precise.store.registry import ModelRegistry, ModelVersion, RegistryError, load_model
 
 
 class RegistryEmbedder:
     def __init__(self, root: str | None = None, kind: str = "targeted", task: str | None = "like",
                  version: str | None = None) -> None:
-        from precise.paths import precise_home
-
-        registry = ModelRegistry(root or str(precise_home()))  # default: the platform's storage root
-        task = task if kind == "targeted" else None
-        model = registry.get(kind, version, task) if version else registry.latest(kind, task)
-        if model is None:
-            raise RegistryError(f"no {kind} model{' for task ' + task if task else ''} in {registry.root}")
-        self.model_version = model.ref
-        items = json.loads(registry.read_file(model, ITEMS_FILE))
-        self.lookup = {item: i + 1 for i, item in enumerate(items)}
-        config = ModelConfig(**model.metadata["model_config"])
-        state = registry.load_state_dict(model)
-        table = None
+        spec, version = pinned({"root": root, "kind": kind, "task": task, "version": version})
+        loaded = load_model(ModelRegistry(spec["root"]), version)
+        self.model_version = version.ref
+        self.lookup = loaded.lookup
+        # which sequences the model reads for a user: its training family, its window
+        self.sequence_rules = sequence_rules(version)
+        self.model = loaded.model
+        config = self.model.config
         if config.uses_text:
-            table = (state["items.tokens"].numpy(), state["items.token_mask"].numpy())
-            self.projection = TokenProjection.from_arrays(load_arrays(registry.read_file(model, PROJECTION_FILE)))
-            text = model.metadata["config"]["training"]["text"]
+            self.projection = TokenProjection.from_arrays(loaded.projection)
+            text = version.metadata.get("text") or version.metadata["config"]["training"]["text"]
             self.text_model, self.max_tokens = text["model"], int(text["max_tokens"])
-        self.model = build_model(config, kind, token_table=table)
-        self.model.load_state_dict(state)
-        self.model.eval()
         self.max_len = config.max_len
         with torch.no_grad():
             self.raw_table = self.model.items()  # [n + 1, width], row 0 = padding
@@ -86,3 +75,28 @@ class RegistryEmbedder:
 
     def describe(self) -> dict[str, Any]:
         return {"model_version": self.model_version, "items": len(self.lookup), "dim": int(self.raw_table.shape[1])}
+
+
+def sequence_rules(model: ModelVersion) -> dict[str, Any]:
+    """The sequences a model version embeds users from (recorded at registration)."""
+    rules = model.metadata.get("sequence_rules")
+    if not rules:
+        raise RegistryError(f"{model.ref} records no sequence rules (registered by an older version of the "
+                            f"platform): retrain it")
+    return rules
+
+
+def pinned(kwargs: dict[str, Any]) -> tuple[dict[str, Any], ModelVersion]:
+    """`RegistryEmbedder` kwargs naming one exact version (LATEST resolved now), and that version:
+    every embedding actor of a prediction job, and every replica that serves its snapshot, then
+    loads the same model, whatever is registered meanwhile."""
+    from precise.paths import precise_home
+
+    kind = kwargs.get("kind", "targeted")
+    task = kwargs.get("task", "like") if kind == "targeted" else None
+    registry = ModelRegistry(kwargs.get("root") or str(precise_home()))
+    version = kwargs.get("version")
+    model = registry.get(kind, version, task) if version else registry.latest(kind, task)
+    if model is None:
+        raise RegistryError(f"no {kind} model{' for task ' + task if task else ''} in {registry.root}")
+    return {**kwargs, "root": str(registry.files.uri), "kind": kind, "task": task, "version": model.version}, model

@@ -1,10 +1,13 @@
-"""Hot swap: follow a task's LATEST pointer and replace the served snapshot by reference.
+"""Hot swap: follow a task's served version (its PIN, else LATEST) and replace the served snapshot
+by reference.
 
-A daemon thread polls LATEST; when it names a new version, the whole snapshot is loaded and
-checked off to the side while requests keep using the current one, then one attribute assignment
-(atomic in Python) makes it current. Requests that already hold the old reference finish on it. A
-snapshot that fails to load is reported (`last_error`) and not retried until LATEST moves again;
-the old one keeps serving.
+A daemon thread polls the pointers; when they name another version, the whole snapshot is loaded
+and checked off to the side while requests keep using the current one, then one attribute
+assignment (atomic in Python) makes it current. Requests that already hold the old reference
+finish on it. A snapshot that fails to load (for any reason: a damaged file, an unexpected
+manifest, a model version that cannot be loaded) is reported (`last_error`, a metric) and not
+retried; the replica serves the newest snapshot below it that loads, so a replica that starts
+next to one bad snapshot serves the one before instead of nothing, and never crash-loops.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from precise.serving.state import ServedSnapshot, load_served_snapshot
-from precise.store.snapshots import SnapshotError, SnapshotStore
+from precise.store.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ class SnapshotWatcher:
         self.current: ServedSnapshot | None = None
         self.swaps = 0
         self.last_error: str | None = None
-        self._failed_version: str | None = None
+        self._failed: dict[str, str] = {}  # version -> why it was not served
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"snapshot-watcher-{store.task}", daemon=True)
 
@@ -52,30 +55,44 @@ class SnapshotWatcher:
         return self._thread.is_alive()
 
     def poll_once(self) -> bool:
-        """Load LATEST if it is new; True if the served snapshot changed."""
-        version = self.store.latest_version()
+        """Serve the target version (PIN, else LATEST), or the newest loadable one below it; True
+        if the served snapshot changed."""
+        target = self.store.served_version()
         current = self.current
-        if version is None or version == self._failed_version:
+        if target is None or (current is not None and current.version == target):
             return False
-        if current is not None and version <= current.version:
-            return False  # versions only move forward
+        pinned = self.store.pinned_version() is not None
+        # Without a pin versions only move forward; a pin may roll back.
+        floor = current.version if current is not None and not pinned else ""
+        for version in [v for v in reversed(self.store.versions()) if floor < v <= target]:
+            if version in self._failed:
+                continue
+            snapshot = self._load(version)
+            if snapshot is not None:
+                self._swap(snapshot)
+                return True
+        return False
+
+    def _load(self, version: str) -> ServedSnapshot | None:
         started = time.perf_counter()
         try:
             snapshot = load_served_snapshot(self.store.get(version), self.allowed_prefixes)
-        except (SnapshotError, OSError, ValueError, KeyError, RuntimeError) as exc:
-            # RuntimeError: FAISS reading a truncated or foreign index file
-            self._failed_version = version
-            self.last_error = f"snapshot {self.store.task}/{version} not served: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure refuses this snapshot, never the replica
+            self._failed[version] = f"{type(exc).__name__}: {exc}"
+            self.last_error = f"snapshot {self.store.task}/{version} not served: {self._failed[version]}"
             log.error(self.last_error)
             self._notify(self.on_refused, self.store.task)
-            return False
+            return None
+        log.info("loaded snapshot %s/%s (model %s) in %.2f s", snapshot.task, snapshot.version,
+                 snapshot.model_version, time.perf_counter() - started)
+        return snapshot
+
+    def _swap(self, snapshot: ServedSnapshot) -> None:
         self.current = snapshot  # the swap: one reference assignment
         self.swaps += 1
-        self.last_error = None
-        log.info("serving snapshot %s/%s (model %s), loaded in %.2f s", snapshot.task, snapshot.version,
-                 snapshot.model_version, time.perf_counter() - started)
+        if snapshot.version == self.store.served_version():
+            self.last_error = None
         self._notify(self.on_swap, snapshot)
-        return True
 
     @staticmethod
     def _notify(observer: Callable[[Any], None] | None, value: Any) -> None:

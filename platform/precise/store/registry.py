@@ -127,3 +127,34 @@ class ModelRegistry:
     def load_state_dict(self, model: ModelVersion) -> dict[str, torch.Tensor]:
         """The version's weights (safetensors: no code runs on load)."""
         return load_file(str(model.path / _WEIGHTS))
+
+
+@dataclass
+class LoadedModel:
+    """A registered version rebuilt for inference: the model (eval mode) and what it needs."""
+
+    version: ModelVersion
+    model: torch.nn.Module
+    items: list[str]  # index i <-> items[i - 1]
+    projection: dict[str, Any] | None  # the fixed token projection's arrays (text variants)
+
+    @property
+    def lookup(self) -> dict[str, int]:
+        return {item: i + 1 for i, item in enumerate(self.items)}
+
+
+def load_model(registry: ModelRegistry, version: ModelVersion) -> LoadedModel:
+    """Rebuild `version`: its architecture from the metadata, its weights (the token table is one of
+    them), its vocabulary and its text projection."""
+    from safetensors.numpy import load as load_arrays
+
+    from precise.model import ModelConfig, build_model
+
+    config = ModelConfig(**version.metadata["model_config"])
+    state = registry.load_state_dict(version)
+    table = (state["items.tokens"].numpy(), state["items.token_mask"].numpy()) if config.uses_text else None
+    model = build_model(config, version.kind, token_table=table)
+    model.load_state_dict(state)
+    model.eval()
+    projection = load_arrays(registry.read_file(version, PROJECTION_FILE)) if config.uses_text else None
+    return LoadedModel(version, model, json.loads(registry.read_file(version, ITEMS_FILE)), projection)

@@ -7,6 +7,7 @@
         index.faiss            the FAISS index over the item vectors
         users/*.parquet        user_id, vector (L2-normalised; one or more files)
     <root>/embeddings/<task>/LATEST    the newest published version's name
+    <root>/embeddings/<task>/PIN       optional: the version to serve instead of LATEST (a rollback)
 
 A snapshot is written into a hidden staging folder, renamed into place under the next free version
 number (rename is atomic and fails if a concurrent writer took the number), and only then LATEST is
@@ -17,6 +18,7 @@ root is a local or mounted filesystem (NFS, EFS, a KubeRay PVC).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -37,7 +39,7 @@ from precise.store.files import Files, local_root
 from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 
 FORMAT = 1
-MANIFEST, LATEST, INDEX, USERS = "manifest.json", "LATEST", "index.faiss", "users"
+MANIFEST, LATEST, PIN, INDEX, USERS = "manifest.json", "LATEST", "PIN", "index.faiss", "users"
 ITEMS, ITEM_ID_MAP = "items.parquet", "item_id_map.parquet"
 
 
@@ -112,6 +114,27 @@ class SnapshotStore:
         version = self.latest_version()
         return None if version is None else self.get(version)
 
+    def pinned_version(self) -> str | None:
+        try:
+            return (self.dir / PIN).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def served_version(self) -> str | None:
+        """What replicas should serve: the pinned version if there is one, else LATEST."""
+        return self.pinned_version() or self.latest_version()
+
+    def pin(self, version: str) -> SnapshotRef:
+        """Serve `version` (an existing snapshot) instead of LATEST until `unpin`."""
+        ref = self.get(version)
+        self.files.write_bytes(str(self.dir / PIN), version.encode())
+        return ref
+
+    def unpin(self) -> bool:
+        existed = (self.dir / PIN).is_file()
+        (self.dir / PIN).unlink(missing_ok=True)
+        return existed
+
     def writer(self) -> SnapshotWriter:
         return SnapshotWriter(self)
 
@@ -134,8 +157,8 @@ class SnapshotStore:
         Serving holds the snapshot it answers from in memory, so deleting files does not disturb
         in-flight requests; keeping a few versions leaves room for a replica that is still loading.
         """
-        latest = self.latest_version()
-        doomed = [v for v in self.versions()[:-keep] if v != latest] if keep > 0 else []
+        kept = {self.latest_version(), self.pinned_version()}
+        doomed = [v for v in self.versions()[:-keep] if v not in kept] if keep > 0 else []
         for version in doomed:
             shutil.rmtree(self.dir / version, ignore_errors=True)
         return doomed
@@ -277,4 +300,5 @@ def read_users(ref: SnapshotRef) -> tuple[list[str], np.ndarray]:
 def read_index(ref: SnapshotRef) -> tuple[faiss.Index, IndexInfo]:
     index = faiss.read_index(str(ref.path / INDEX))
     meta = ref.manifest["index"]
-    return index, IndexInfo(**meta)
+    known = {f.name for f in dataclasses.fields(IndexInfo)}  # a newer writer may record more
+    return index, IndexInfo(**{k: v for k, v in meta.items() if k in known})

@@ -25,7 +25,7 @@ import torch
 
 from precise.model.config import PAD
 from precise.model.fusion import l2_normalize
-from precise.train.sequences import EvalSet
+from precise.train.data import EvalSet
 
 DEFAULT_KS = (10, 30, 50)
 
