@@ -83,6 +83,6 @@ def test_train_speed_benchmark_reports_every_universal_variant(ml100k_copy, tmp_
     args = ["--config", str(tiny_config(tmp_path, ["id_only"], [1])), "--steps", "1", "--root", str(root)]
     assert train_speed.main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(report["results"]) == {"id_only", "llm_only", "pool", "ut"}
+    assert set(report["results"]) == {"id_only", "llm_only", "pool", "ut", "id_wide"}
     assert report["results"]["id_only"]["ratio_to_id_only"] == 1.0
     assert all(r["seq_per_s"] > 0 for r in report["results"].values())

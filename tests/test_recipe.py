@@ -25,7 +25,7 @@ TRAINING = {"model": MODEL, "text": {"model": "hashed", "max_tokens": 8},
 
 # Measured with this exact setup (torch 2.13 CPU, 1 thread), rounded. A change of the split, the
 # samples, the batching, the seeding, the model or the loss moves them far more than `TOL`.
-PINNED = {"loss": [4.7125, 4.4226], "val_ndcg_at_10": [0.0120, 0.0178]}
+PINNED = {"loss": [7.1105, 3.9534], "val_ndcg_at_10": [0.0105, 0.0147]}
 TOL = {"loss": 2e-3, "val_ndcg_at_10": 2e-3}
 
 

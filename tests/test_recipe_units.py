@@ -101,3 +101,14 @@ def test_learning_rate_groups():
 
 def test_metric_key():
     assert recipe.metric_key("N@10") == "val_ndcg_at_10" and recipe.metric_key("R@50") == "val_recall_at_50"
+
+
+def test_without_validation_cases_the_last_epoch_is_kept_and_patience_waits():
+    """An early cycle may have no user with a held-out event yet: training still runs every epoch
+    and registers the last one."""
+    p = payload(TrainOptions(epochs=3, batch_size=16, lr=5e-3, patience=1), from_parent=True)
+    p.valid = EvalSet((), np.zeros((0, MAX_LEN), np.int64), np.zeros(0, np.int64))
+    best, progress = recipe.fit(p)
+    assert progress.epoch == 3 and progress.best_epoch == -1
+    assert all("val_ndcg_at_10" not in r for r in progress.history)
+    assert not all(torch.equal(best[k], v) for k, v in p.initial_state.items())  # trained, not the start

@@ -428,8 +428,8 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
 
     def consider(epoch: int, record: dict[str, Any]) -> bool:
         nonlocal best_state
-        if record[select] <= progress.best_metric:
-            return False
+        if select not in record or record[select] <= progress.best_metric:
+            return False  # no validation case (then the last epoch is registered), or not better
         progress.best_metric, progress.best_epoch = record[select], epoch
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return True
@@ -467,7 +467,7 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
         record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / max(steps, 1), "seconds": round(seconds, 3),
                                   "samples": trained, "samples_per_s": trained / seconds if seconds > 0 else 0.0}
         stop = False
-        if rank == 0 and (epoch % options.eval_every == 0 or epoch == options.epochs):
+        if rank == 0 and len(payload.valid) and (epoch % options.eval_every == 0 or epoch == options.epochs):
             record.update(_val_record(model, payload, device))
             since_best = 0 if consider(epoch, record) else since_best + 1
             stop = options.patience is not None and since_best >= options.patience
