@@ -79,7 +79,8 @@ class RecallCore:
         self._search_batch.set_batch_wait_timeout_s(s.batch_wait_s)
         # Each replica follows the live stream itself: a lookup is a dict access instead of a call
         # to another deployment on every request (exclude_seen is on by default).
-        self.recent = RecentItems(max_users=s.recent_max_users, per_user=s.recent_items)
+        self.recent = RecentItems(max_users=s.recent_max_users, per_user=s.recent_items,
+                                  max_bytes=s.recent_max_bytes)
         self.feed: KafkaRecentFeed | None = None
         if s.recent_enabled:
             self.feed = KafkaRecentFeed(self.recent, cfg.kafka.bootstrap_servers, cfg.kafka.events_topic,

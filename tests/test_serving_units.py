@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +54,66 @@ def test_recent_items_order_dedupe_and_bounds():
     assert recent.evicted_users == 1
 
 
+def _allocated(build) -> tuple[int, object]:
+    """Bytes still allocated after `build()` (tracemalloc), and what it built."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        built = build()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before, built
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("users", "per_user", "item_of"), [
+    (300, 50, lambda u, n: f"item-{(u * 7 + n) % 1000}"),  # a catalogue: ids shared between users
+    (150, 50, lambda u, n: f"item-{u}-{n}"),  # every id distinct: nothing shared
+    (3000, 1, lambda u, n: f"item-{u % 300}"),
+])
+def test_recent_items_count_their_memory_without_undercounting(users, per_user, item_of):
+    """`bytes` against what tracemalloc measures, ids parsed from JSON as the feed gets them."""
+
+    def build() -> RecentItems:
+        recent = RecentItems(max_users=10**9, per_user=per_user, max_bytes=1 << 40)
+        for u in range(users):
+            for n in range(per_user):
+                user, item, ts, _ = parse_recent_event(json.dumps(
+                    {"user_id": f"user-{u}", "item_id": item_of(u, n), "ts": 1_700_000_000_000 + n}).encode())
+                recent.add(user, item, ts)
+        return recent
+
+    measured, recent = _allocated(build)
+    assert measured <= recent.bytes <= 1.3 * measured, (measured, recent.bytes)
+
+
+def test_recent_items_stay_under_max_bytes():
+    recent = RecentItems(max_users=10**9, per_user=10, max_bytes=1 << 16)
+    for u in range(2000):
+        for n in range(10):
+            recent.add(f"user-{u}", f"item-{(u + n) % 50}", n)
+        assert recent.bytes <= recent.max_bytes
+    assert recent.evicted_users == 2000 - len(recent) > 0
+    assert recent.get("user-1999") == [f"item-{(1999 + n) % 50}" for n in reversed(range(10))]
+    assert recent.get("user-0") == []
+    # an evicted user's items leave the shared table when nobody else holds them
+    solo = RecentItems(max_users=1, per_user=5, max_bytes=1 << 16)
+    solo.add("a", "only-a", 1)
+    held = solo.bytes
+    solo.add("b", "x", 1)
+    assert solo.get("a") == [] and "only-a" not in solo._items and solo.bytes < held + 100
+    with pytest.raises(ValueError, match="max_bytes"):
+        RecentItems(max_users=1, per_user=1, max_bytes=1000)
+
+
 def test_parse_recent_event():
     good = {"event_id": "e", "user_id": "u", "item_id": "i", "scene": "s", "action": "like", "ts": 5}
     assert parse_recent_event(json.dumps(good).encode()) == ("u", "i", 5, "like")
+    assert parse_recent_event(json.dumps({**good, "item_id": "i" * 512}).encode())[1] == "i" * 512
     for bad in [b"{", b"[1]", json.dumps({**good, "ts": "5"}).encode(), json.dumps({**good, "user_id": ""}).encode(),
-                json.dumps({**good, "ts": True}).encode()]:
+                json.dumps({**good, "ts": True}).encode(), json.dumps({**good, "item_id": "i" * 513}).encode(),
+                json.dumps({**good, "user_id": "u" * 513}).encode(), json.dumps({**good, "ts": 1 << 63}).encode()]:
         with pytest.raises(ValueError):
             parse_recent_event(bad)
 
@@ -115,3 +172,14 @@ def test_recent_feed_counts_bad_records_and_filters_actions():
     feed._ingest(b"\xff not json")
     assert recent.get("u") == ["a"]
     assert (feed.consumed, feed.filtered, feed.invalid) == (1, 1, 1)
+
+
+def test_recent_feed_rejects_over_long_ids():
+    from precise.events.feed import KafkaRecentFeed
+
+    recent = RecentItems(max_users=10, per_user=5)
+    feed = KafkaRecentFeed(recent, "127.0.0.1:1", "t")  # never started: no broker needed
+    feed._ingest(json.dumps({"user_id": "u", "item_id": "i" * 100_000, "ts": 1}).encode())
+    assert (feed.consumed, feed.invalid, len(recent), recent.bytes) == (0, 1, 0, 0)
+    stats = feed.stats()
+    assert (stats["bytes"], stats["max_bytes"], stats["invalid"]) == (0, 1 << 30, 1)

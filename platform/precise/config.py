@@ -255,6 +255,9 @@ class ServeConfig(Section):
     recent_enabled: bool = True
     recent_items: int = Field(50, ge=1)  # last N items per user
     recent_max_users: int = Field(1_000_000, ge=1)  # LRU bound
+    # memory of the recent items per replica (least recently active users evicted first); about
+    # 1.2 KB per user with 50 items: 1 GiB holds ~850,000 such users
+    recent_max_bytes: int = Field(1 << 30, ge=1 << 16)
     recent_actions: list[str] | None = None  # only these actions count (None: all)
     recent_backfill_per_partition: int = Field(100_000, ge=0)  # records re-read at start-up
     # Embedders are imported by the path a snapshot's manifest names: only from these packages.
