@@ -1,4 +1,5 @@
-"""Pure pieces of the recall service: ranking, U2I2I merging, recent items, request schemas, config."""
+"""Pure pieces of the recall service: ranking, U2I2I merging, recent items, request schemas, config,
+the HTTP edge's token handling and rate limit."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from precise.config import ServeAuthConfig
 from precise.events.feed import parse_recent_event
-from precise.serving.recall import fetch_size, merge_u2i2i, rank_u2i
+from precise.serving.edge import AuthConfigError, TokenBucket, auth_is_on, is_loopback, read_token, required_token
+from precise.serving.recall import VectorError, fetch_size, merge_u2i2i, rank_u2i, require_finite
 from precise.serving.recent import RecentItems
 from precise.serving.schemas import MAX_ITEM_IDS, MAX_K, ItemQuery, RecallQuery, UserQuery
 
@@ -27,6 +30,17 @@ def test_rank_u2i_excludes_and_drops_padding():
         {"item_id": "a", "score": 0.8}, {"item_id": "e", "score": 0.7}]
     assert [h["item_id"] for h in rank_u2i(ITEMS, scores, ids, 10)] == ["c", "a", "e", "b"]
     assert fetch_size(10, 5, 12) == 12 and fetch_size(10, 0, 100) == 10
+
+
+def test_non_finite_vectors_and_scores_are_never_served():
+    assert require_finite(np.ones(3, np.float32), "v") is not None
+    for bad in [np.array([1.0, np.nan]), np.array([np.inf, 0.0])]:
+        with pytest.raises(VectorError, match="the vector of u is not finite"):
+            require_finite(bad, "the vector of u")
+    # an item whose stored vector is NaN scores NaN: it is not an answer
+    scores, ids = np.array([np.nan, 0.8, np.inf]), np.array([0, 1, 2])
+    assert rank_u2i(ITEMS, scores, ids, 3) == [{"item_id": "b", "score": 0.8}]
+    assert [h["item_id"] for h in merge_u2i2i(ITEMS, ["e"], scores[None, :], ids[None, :], 3)] == ["b"]
 
 
 def test_merge_u2i2i_keeps_best_score_and_skips_seeds():
@@ -183,3 +197,53 @@ def test_recent_feed_rejects_over_long_ids():
     assert (feed.consumed, feed.invalid, len(recent), recent.bytes) == (0, 1, 0, 0)
     stats = feed.stats()
     assert (stats["bytes"], stats["max_bytes"], stats["invalid"]) == (0, 1 << 30, 1)
+
+
+# ---- the HTTP edge: authentication and the cold-text rate limit ----------------------------------
+
+
+def test_loopback_and_when_auth_is_on():
+    for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"]:
+        assert is_loopback(host), host
+    for host in ["0.0.0.0", "::", "10.0.0.5", "serve.example.com", None]:
+        assert not is_loopback(host), host
+    auto, on, off = ServeAuthConfig(), ServeAuthConfig(mode="on"), ServeAuthConfig(mode="off")
+    assert not auth_is_on(auto, "127.0.0.1") and auth_is_on(auto, "0.0.0.0") and auth_is_on(auto, None)
+    assert auth_is_on(on, "127.0.0.1") and not auth_is_on(off, "0.0.0.0")
+
+
+def test_token_from_a_file_or_the_environment(tmp_path):
+    token = "t0k3n-" + "x" * 20
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    from_file = ServeAuthConfig(token_file=str(path))
+    assert read_token(from_file, environ={}) == token.encode()
+    assert read_token(ServeAuthConfig(), environ={"PRECISE_SERVE_TOKEN": token}) == token.encode()
+    assert read_token(ServeAuthConfig(token_env="MY_TOKEN"), environ={"MY_TOKEN": f" {token} "}) == token.encode()
+    assert read_token(ServeAuthConfig(), environ={}) is None
+    # loopback with mode auto: off, no token needed; beyond loopback: the token, or a clear error
+    assert required_token(ServeAuthConfig(), "127.0.0.1", environ={}) is None
+    assert required_token(from_file, "0.0.0.0", environ={}) == token.encode()
+    with pytest.raises(AuthConfigError, match=r"Serve listens on 0.0.0.0, beyond loopback.*PRECISE_SERVE_TOKEN"):
+        required_token(ServeAuthConfig(), "0.0.0.0", environ={})
+    with pytest.raises(AuthConfigError, match="serve.auth.mode is on"):
+        required_token(ServeAuthConfig(mode="on"), "127.0.0.1", environ={})
+    assert required_token(ServeAuthConfig(mode="off"), "0.0.0.0", environ={}) is None
+    for bad in ["short", "has a space in it......", "x" * 15]:
+        with pytest.raises(AuthConfigError, match="unusable"):
+            read_token(ServeAuthConfig(), environ={"PRECISE_SERVE_TOKEN": bad})
+    with pytest.raises(AuthConfigError, match="cannot read it"):
+        read_token(ServeAuthConfig(token_file=str(tmp_path / "missing")), environ={})
+
+
+def test_token_bucket():
+    now = [100.0]
+    bucket = TokenBucket(rate_per_s=2.0, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)  # empty: the next token in 1 / rate seconds
+    now[0] += 0.5
+    assert bucket.take() == 0.0 and bucket.take() == pytest.approx(0.5)
+    now[0] += 60  # refills up to the burst, not beyond
+    assert [bucket.take() for _ in range(4)][-1] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        TokenBucket(0, 1)

@@ -234,8 +234,24 @@ class DeploymentScaling(Section):
     max_replicas: int = Field(2, ge=1)  # autoscaling upper bound
     target_ongoing_requests: float = Field(8, gt=0)  # autoscaler target of in-flight requests per replica
     max_ongoing_requests: int = Field(64, ge=1)  # per replica; more requests queue in the proxy
+    # per deployment and proxy: requests beyond it get 503 at once (with Retry-After) instead of
+    # waiting in an unbounded queue while the replicas are full
+    max_queued_requests: int = Field(128, ge=1)
     num_cpus: float = Field(0.25, ge=0)  # logical CPUs reserved per replica
     threads: int = Field(1, ge=1)  # torch / FAISS / OpenMP threads per replica
+
+
+class ServeAuthConfig(Section):
+    """Bearer-token authentication of the recall service's HTTP API (every route but /healthz)."""
+
+    # auto: on whenever Serve's HTTP proxy listens beyond loopback (http_options.host other than
+    # 127.0.0.1 / ::1 / localhost, or unknown); on: always; off: never (only behind something
+    # that authenticates for it)
+    mode: Literal["auto", "on", "off"] = "auto"
+    # a file holding the token, read once when a replica starts (a mounted Secret); if unset,
+    # the environment variable `token_env` of the replica's process holds the token
+    token_file: str | None = None
+    token_env: str = Field("PRECISE_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable with the token
 
 
 class ServeConfig(Section):
@@ -246,7 +262,15 @@ class ServeConfig(Section):
     # deployment forwards to Recall through a handle (HTTP work scales apart from the index).
     topology: Literal["single", "split"] = "single"
     poll_interval_s: float = Field(10.0, gt=0)  # how often LATEST is checked
-    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger requests get 413 (k, ids, text: API limits)
+    auth: ServeAuthConfig = Field(default_factory=ServeAuthConfig)
+    # larger request bodies get 413, counted as they arrive (chunked bodies declare no length)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0)  # the whole body must arrive within this, else 408
+    request_timeout_s: float = Field(30.0, gt=0)  # an answer within this once the body is in, else 504
+    # cold-text embeddings ({text} of an item the snapshot lacks: runs the model's text encoder,
+    # the LLM) per replica: a token bucket of this rate and burst; over it, 429 with Retry-After
+    cold_text_rate_per_s: float = Field(2.0, gt=0)
+    cold_text_burst: int = Field(4, ge=1)  # cold-text requests a replica takes at once before the rate applies
     u2i2i_seeds: int = Field(10, ge=1)  # most recent items whose neighbours U2I2I merges
     batch_max_size: int = Field(32, ge=1)  # @serve.batch of FAISS searches
     batch_wait_s: float = Field(0.0, ge=0)  # 0: batch what is queued, never wait for more
