@@ -131,27 +131,13 @@ class EdgeGuard:
             await reply(send, 401, "missing or invalid bearer token: send 'Authorization: Bearer <token>'",
                         [(b"www-authenticate", b"Bearer")])
             return
-        if scope["method"] not in _BODYLESS:
-            limit = edge.max_body_bytes
+        has_body = scope["method"] not in _BODYLESS
+        limit = edge.max_body_bytes
+        if has_body:
             declared = _header(scope, b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 await reply(send, 413, f"request body over {limit} bytes")
                 return
-            try:
-                async with asyncio.timeout(edge.body_timeout_s):
-                    body = await _read_body(receive, limit)
-            except TimeoutError:
-                await reply(send, 408, f"request body not received within {edge.body_timeout_s:g} s")
-                return
-            except _TooLarge:
-                await reply(send, 413, f"request body over {limit} bytes")
-                return
-            except _ClientGone:
-                return  # nobody to answer
-            receive = _replay(body, receive)
-        await self._answer(scope, receive, send, edge.request_timeout_s)
-
-    async def _answer(self, scope: dict, receive: Receive, send: Send, timeout_s: float) -> None:
         started = False
 
         async def send_noting_start(message: dict[str, Any]) -> None:
@@ -159,16 +145,29 @@ class EdgeGuard:
             started = True
             await send(message)
 
-        deadline = asyncio.timeout(timeout_s)
+        # One timer for both phases (a timer costs a few microseconds): the body's deadline,
+        # then moved to the answer's once the body is in.
+        deadline = asyncio.timeout(edge.body_timeout_s if has_body else edge.request_timeout_s)
+        reading = has_body
         try:
             async with deadline:
+                if has_body:
+                    receive = _replay(await _read_body(receive, limit), receive)
+                    deadline.reschedule(asyncio.get_running_loop().time() + edge.request_timeout_s)
+                    reading = False
                 await self.app(scope, receive, send_noting_start)
         except TimeoutError:
             if not deadline.expired():
-                raise  # the app's own TimeoutError: not ours to turn into a 504
-            if not started:
-                await reply(send, 504, f"no answer within {timeout_s:g} s")
+                raise  # the app's own TimeoutError: not ours to turn into an answer
+            if reading:
+                await reply(send, 408, f"request body not received within {edge.body_timeout_s:g} s")
+            elif not started:
+                await reply(send, 504, f"no answer within {edge.request_timeout_s:g} s")
             # else the answer was cut short; the server closes the connection
+        except _TooLarge:
+            await reply(send, 413, f"request body over {limit} bytes")
+        except _ClientGone:
+            pass  # nobody to answer
 
 
 def _route(scope: dict) -> str:
