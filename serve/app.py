@@ -15,14 +15,23 @@ Deployments:
   FastAPI app itself: one actor hop less per request (on the 2-core dev machine about 1.6x the
   throughput of `split`; `python benchmarks/serve.py --topology split` measures it).
 
+The HTTP edge (`precise.serving.edge`, in whichever deployment serves HTTP): bearer-token
+authentication whenever Serve listens beyond loopback (`serve.auth`; `/healthz` stays open), a body
+limit that holds for chunked bodies, body and answer timeouts. Each deployment's request queue is
+bounded (`max_queued_requests`: 503 with Retry-After beyond it); cold-text embeddings are rate
+limited per Recall replica (429). A vector that is not finite is an error (500), never an answer.
+
 Application arguments (`serve run ... key=value` or `args:` in configs/serve.yaml) are `AppArgs`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations to parse bodies, and
 # the app is pickled into the replicas; real classes there, not strings to resolve later.
 import asyncio
+import functools
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,7 +51,8 @@ from precise.events.feed import KafkaRecentFeed
 from precise.metrics import best_effort
 from precise.metrics.serve import ServeMetrics
 from precise.predict.embedder import set_thread_counts
-from precise.serving.recall import fetch_size, merge_u2i2i, rank_u2i
+from precise.serving.edge import OPEN_PATHS, EdgeGuard, EdgeSettings, TokenBucket, is_loopback, required_token
+from precise.serving.recall import VectorError, fetch_size, merge_u2i2i, rank_u2i, require_finite
 from precise.serving.recent import RecentItems
 from precise.serving.schemas import (
     ErrorResponse,
@@ -60,9 +71,36 @@ from precise.store.snapshots import SnapshotStore
 log = logging.getLogger("precise.serve")
 
 
-def _error(status: int, message: str) -> dict[str, Any]:
+def _error(status: int, message: str, retry_after_s: float | None = None) -> dict[str, Any]:
     """A domain error travelling back from Recall to Ingress as data (no exception pickling)."""
-    return {"_error": status, "message": message}
+    error: dict[str, Any] = {"_error": status, "message": message}
+    if retry_after_s is not None:
+        error["retry_after"] = max(1, math.ceil(retry_after_s))
+    return error
+
+
+def _domain_errors(method: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """Unknown ids become 404, vectors that are not finite 500 (logged: a broken snapshot or model)."""
+
+    @functools.wraps(method)
+    async def answer(self: Any, q: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await method(self, q)
+        except NotFoundError as exc:
+            return _error(404, str(exc))
+        except VectorError as exc:
+            log.error("%s", exc)
+            return _error(500, str(exc))
+
+    return answer
+
+
+def _stored(snapshot: ServedSnapshot) -> str:
+    return f"in snapshot {snapshot.task}/{snapshot.version} (model {snapshot.model_version})"
+
+
+def _computed(snapshot: ServedSnapshot) -> str:
+    return f"by model {snapshot.model_version} (snapshot {snapshot.task}/{snapshot.version})"
 
 
 # ---- Recall -------------------------------------------------------------------------------------
@@ -79,7 +117,9 @@ class RecallCore:
         self._search_batch.set_batch_wait_timeout_s(s.batch_wait_s)
         # Each replica follows the live stream itself: a lookup is a dict access instead of a call
         # to another deployment on every request (exclude_seen is on by default).
-        self.recent = RecentItems(max_users=s.recent_max_users, per_user=s.recent_items)
+        self.recent = RecentItems(max_users=s.recent_max_users, per_user=s.recent_items,
+                                  max_bytes=s.recent_max_bytes)
+        self.cold_text = TokenBucket(s.cold_text_rate_per_s, s.cold_text_burst)
         self.feed: KafkaRecentFeed | None = None
         if s.recent_enabled:
             self.feed = KafkaRecentFeed(self.recent, cfg.kafka.bootstrap_servers, cfg.kafka.events_topic,
@@ -140,34 +180,37 @@ class RecallCore:
 
     async def _query_vector(self, snapshot: ServedSnapshot, q: dict[str, Any],
                             recent: list[str] | None) -> tuple[np.ndarray, str, list[str]]:
-        """(normalised query vector, how it was obtained, ignored ids) for a user or a sequence."""
-        if q.get("user_id") is not None:
-            vector = snapshot.user_vector(q["user_id"])
+        """(normalised, finite query vector, how it was obtained, ignored ids) for a user or a sequence."""
+        user_id = q.get("user_id")
+        if user_id is not None:
+            vector = snapshot.user_vector(user_id)
             if vector is not None:
-                return vector, "user_vector", []
+                return require_finite(vector, f"the stored vector of user {user_id!r} {_stored(snapshot)}"), \
+                    "user_vector", []
             if not recent:  # a user newer than the user snapshot: embed their live recent items
-                raise NotFoundError(f"user {q['user_id']!r} is not in snapshot {snapshot.version} "
+                raise NotFoundError(f"user {user_id!r} is not in snapshot {snapshot.version} "
                                     f"and has no recent events")
             vector, _ = await asyncio.to_thread(snapshot.embed_sequence, list(reversed(recent)))
-            return vector, "sequence", []
+            what = f"the vector computed from the sequence of user {user_id!r}'s recent items {_computed(snapshot)}"
+            return require_finite(vector, what), "sequence", []
         vector, ignored = await asyncio.to_thread(snapshot.embed_sequence, q["item_ids"])
-        return vector, "sequence", ignored
+        return require_finite(vector, f"the vector computed from the sequence {_computed(snapshot)}"), \
+            "sequence", ignored
 
+    @_domain_errors
     async def user_embedding(self, q: dict[str, Any]) -> dict[str, Any]:
         snapshot = self._snapshot()
         if snapshot is None:
             return _error(503, "no embedding snapshot is loaded yet")
-        try:
-            recent = None
-            if q.get("user_id") is not None and snapshot.user_vector(q["user_id"]) is None:
-                recent = self._recent(q["user_id"])
-            vector, how, ignored = await self._query_vector(snapshot, q, recent)
-        except NotFoundError as exc:
-            return _error(404, str(exc))
+        recent = None
+        if q.get("user_id") is not None and snapshot.user_vector(q["user_id"]) is None:
+            recent = self._recent(q["user_id"])
+        vector, how, ignored = await self._query_vector(snapshot, q, recent)
         return {**snapshot.versions(), "vector": vector.tolist(), "dim": snapshot.dim,
                 "source": "snapshot" if how == "user_vector" else "realtime", "user_id": q.get("user_id"),
                 "ignored_item_ids": ignored}
 
+    @_domain_errors
     async def item_embedding(self, q: dict[str, Any]) -> dict[str, Any]:
         snapshot = self._snapshot()
         if snapshot is None:
@@ -175,36 +218,45 @@ class RecallCore:
         item_id, text = q.get("item_id"), q.get("text")
         vector = snapshot.item_vector(item_id) if item_id is not None else None
         source = "snapshot"
-        if vector is None:
+        if vector is not None:
+            require_finite(vector, f"the stored vector of item {item_id!r} {_stored(snapshot)}")
+        else:
             if text is None:
                 return _error(404, f"item {item_id!r} is not in snapshot {snapshot.version}; "
                                    f"send its text to embed it as a new item")
+            # A cold item's text runs the model's text encoder (the LLM), and may fill its cache:
+            # the expensive request, so the limited one.
+            wait_s = self.cold_text.take()
+            if wait_s:
+                return _error(429, f"cold-text embeddings are limited to {self.cfg.cold_text_rate_per_s:g}/s "
+                                   f"per replica (bursts of {self.cfg.cold_text_burst}); retry in {wait_s:.1f} s",
+                              retry_after_s=wait_s)
             try:
                 vector = await asyncio.to_thread(snapshot.embed_text, text, item_id)
             except NotFoundError as exc:
                 return _error(422, str(exc))
+            require_finite(vector, f"the vector computed from the text {_computed(snapshot)}")
             source = "text"
         return {**snapshot.versions(), "vector": vector.tolist(), "dim": snapshot.dim, "source": source,
                 "item_id": item_id}
 
+    @_domain_errors
     async def u2i(self, q: dict[str, Any]) -> dict[str, Any]:
         snapshot = self._snapshot()
         if snapshot is None:
             return _error(503, "no embedding snapshot is loaded yet")
         k, user_id = q["k"], q.get("user_id")
-        try:
-            recent: list[str] = []
-            if user_id is not None and (q["exclude_seen"] or snapshot.user_vector(user_id) is None):
-                recent = self._recent(user_id)
-            vector, how, _ = await self._query_vector(snapshot, q, recent)
-        except NotFoundError as exc:
-            return _error(404, str(exc))
+        recent: list[str] = []
+        if user_id is not None and (q["exclude_seen"] or snapshot.user_vector(user_id) is None):
+            recent = self._recent(user_id)
+        vector, how, _ = await self._query_vector(snapshot, q, recent)
         exclude = set(recent if user_id is not None else q["item_ids"]) if q["exclude_seen"] else set()
         scores, ids = await self._search_batch((snapshot, vector[None, :],
                                                 fetch_size(k, len(exclude), snapshot.index.ntotal)))
         hits = rank_u2i(snapshot.item_ids, scores[0], ids[0], k, exclude)
         return {**snapshot.versions(), "items": hits, "k": k, "query": how}
 
+    @_domain_errors
     async def u2i2i(self, q: dict[str, Any]) -> dict[str, Any]:
         snapshot = self._snapshot()
         if snapshot is None:
@@ -221,6 +273,13 @@ class RecallCore:
             return _error(404, f"none of the user's recent items is in snapshot {snapshot.version}")
         exclude = set(history) if q["exclude_seen"] else set()
         queries = np.stack([snapshot.item_vectors[snapshot.item_row[s]] for s in seeds])
+        finite = np.isfinite(queries).all(axis=1)
+        if not finite.all():  # a broken item vector must not make every user who saw it unanswerable
+            broken = [s for s, ok in zip(seeds, finite, strict=True) if not ok]
+            log.error("stored vectors of items %s %s are not finite; U2I2I skips them", broken, _stored(snapshot))
+            seeds, queries = [s for s, ok in zip(seeds, finite, strict=True) if ok], queries[finite]
+            if not seeds:
+                raise VectorError(f"the stored vectors of items {broken} {_stored(snapshot)} are not finite")
         per_seed = fetch_size(k, len(exclude | set(seeds)), snapshot.index.ntotal)
         scores, ids = await self._search_batch((snapshot, queries, per_seed))
         hits = merge_u2i2i(snapshot.item_ids, seeds, scores, ids, k, exclude)
@@ -232,17 +291,42 @@ class RecallCore:
 # one hop, HTTP straight into the process holding the index) or a handle to the Recall deployment
 # (topology `split`: a separate Ingress deployment scales HTTP work apart from the index).
 
-api = FastAPI(
+class _API(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document, declaring bearer authentication where this process requires it."""
+        schema = super().openapi()  # built once, then cached on the app
+        edge = _Process.edge
+        if edge is not None and edge.token is not None and "securitySchemes" not in schema.get("components", {}):
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, operations in schema["paths"].items():
+                if path in OPEN_PATHS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"]["401"] = {
+                        "description": "missing or invalid bearer token",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        return schema
+
+
+api = _API(
     title="PRECISE recall service",
     version=precise.__version__,
     description="User and item embeddings and FAISS recall (U2I, U2I2I) from the latest embedding "
                 "snapshot. Every answer names the snapshot and model version it came from.",
 )
-_ERRORS = {400: {"model": ErrorResponse, "description": "body cannot be parsed (e.g. not UTF-8)"},
+# Any route: the queue of the deployment may be full (Serve's own plain-text 503, with Retry-After).
+_ANY = {503: {"model": ErrorResponse, "description": "no snapshot loaded yet, or the request queue is full"},
+        504: {"model": ErrorResponse, "description": "no answer within serve.request_timeout_s"}}
+_ERRORS = {**_ANY,
+           400: {"model": ErrorResponse, "description": "body cannot be parsed (e.g. not UTF-8)"},
            404: {"model": ErrorResponse, "description": "unknown id"},
+           408: {"model": ErrorResponse, "description": "request body not received within serve.body_timeout_s"},
            413: {"model": ErrorResponse, "description": "request body too large"},
            422: {"model": ErrorResponse, "description": "invalid request"},
-           503: {"model": ErrorResponse, "description": "no snapshot loaded yet"}}
+           500: {"model": ErrorResponse, "description": "a vector that is not finite (a broken snapshot or model)"}}
+_TEXT_ERRORS = {**_ERRORS, 429: {"model": ErrorResponse,
+                                 "description": "too many cold-text requests (serve.cold_text_rate_per_s)"}}
 
 
 class _Process:
@@ -250,14 +334,41 @@ class _Process:
     (Serve serves a copy of `api`, so `api.state` would not reach the routes)."""
 
     backend: Any = None
-    max_body_bytes: int = 1 << 20
+    edge: EdgeSettings | None = None
     metrics: ServeMetrics | None = None
 
 
-def _serve_http_from(backend: Any, cfg: Any, metrics: ServeMetrics) -> None:
+def _proxy_host() -> str | None:
+    """Where Serve's HTTP proxies listen (http_options.host); None if that cannot be learnt."""
+    try:
+        from ray.serve.context import _get_global_client  # Serve's client to its controller
+
+        return _get_global_client().http_config.host
+    except Exception:  # noqa: BLE001 - unknown counts as beyond loopback: authentication stays on
+        log.warning("cannot learn where Serve listens; serve.auth mode auto treats it as beyond loopback")
+        return None
+
+
+def _edge_settings(cfg: Any) -> EdgeSettings:
+    """The HTTP edge of this process, token included (read once, here). Raises AuthConfigError
+    when authentication is on and no token is configured: the replica must not start open."""
+    host = _proxy_host()
+    token = required_token(cfg.auth, host)
+    if cfg.auth.mode == "off" and not is_loopback(host):
+        log.warning("serve.auth.mode is off while Serve listens on %s: the HTTP API is open to anyone", host)
+    log.info("HTTP API (Serve on %s): bearer-token authentication %s", host, "on" if token else "off")
+    return EdgeSettings(token=token, max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s,
+                        request_timeout_s=cfg.request_timeout_s)
+
+
+def _serve_http_from(backend: Any, edge: EdgeSettings, metrics: ServeMetrics) -> None:
     _Process.backend = backend
-    _Process.max_body_bytes = cfg.max_body_bytes
+    _Process.edge = edge
     _Process.metrics = metrics
+
+
+def _edge() -> EdgeSettings | None:
+    return _Process.edge
 
 
 def _routes() -> list[str]:
@@ -273,21 +384,26 @@ class _HandleBackend:
 
     def __getattr__(self, method: str) -> Any:
         async def call(*args: Any) -> Any:
-            return await getattr(self.handle, method).remote(*args)
+            try:
+                return await getattr(self.handle, method).remote(*args)
+            except BackPressureError:  # Recall's queue at this Ingress replica is full
+                return _error(503, "the Recall deployment is at capacity; retry later", retry_after_s=1)
 
         return call
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 @api.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status, content={"error": exc.message})
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(status_code=exc.status, content={"error": exc.message}, headers=headers)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -306,27 +422,10 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
                                                   "detail": jsonable_encoder(detail)})
 
 
-class _BodyLimit:
-    """413 for a declared body over `max_body_bytes`, before anything reads it. A plain ASGI
-    middleware: Starlette's BaseHTTPMiddleware would add a task group to every request."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            limit = _Process.max_body_bytes
-            for name, value in scope["headers"]:
-                if name == b"content-length" and (not value.isdigit() or int(value) > limit):
-                    response = JSONResponse(status_code=413, content={"error": f"request body over {limit} bytes"})
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
 class _RequestMetrics:
     """Counts every HTTP answer by route and status code and times it to the last body byte.
-    Added last, so it is the outermost layer: 413s and validation errors are counted too."""
+    Added last, so it is the outermost layer: the edge's 401/408/413/504 and validation errors are
+    counted too."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -350,13 +449,13 @@ class _RequestMetrics:
             best_effort(metrics.request, scope["path"], status, time.perf_counter() - started)
 
 
-api.add_middleware(_BodyLimit)
+api.add_middleware(EdgeGuard, settings=_edge)
 api.add_middleware(_RequestMetrics)
 
 
 def _unwrap(result: dict[str, Any]) -> dict[str, Any]:
     if "_error" in result:
-        raise APIError(result["_error"], result["message"])
+        raise APIError(result["_error"], result["message"], result.get("retry_after"))
     return result
 
 
@@ -369,7 +468,7 @@ async def healthz() -> Any:
     return {"status": "ok", "snapshot_version": info["snapshot_version"]}
 
 
-@api.get("/v1/version", response_model=VersionResponse)
+@api.get("/v1/version", response_model=VersionResponse, responses=_ANY)
 async def version() -> Any:
     return await _Process.backend.version()
 
@@ -379,7 +478,7 @@ async def user_embedding(body: UserQuery) -> Any:
     return _unwrap(await _Process.backend.user_embedding(body.model_dump()))
 
 
-@api.post("/v1/embeddings/items", response_model=VectorResponse, responses=_ERRORS)
+@api.post("/v1/embeddings/items", response_model=VectorResponse, responses=_TEXT_ERRORS)
 async def item_embedding(body: ItemQuery) -> Any:
     return _unwrap(await _Process.backend.item_embedding(body.model_dump()))
 
@@ -403,8 +502,9 @@ class RecallHTTP(RecallCore):
     """Topology `single`: the Recall replica answers HTTP itself."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        edge = _edge_settings(PreciseConfig.model_validate(config).serve)  # first: no threads if it fails
         super().__init__(config)
-        _serve_http_from(self, self.cfg, self.metrics)
+        _serve_http_from(self, edge, self.metrics)
 
     async def __del__(self) -> None:
         self._stop()
@@ -427,7 +527,7 @@ class Ingress:
     def __init__(self, config: dict[str, Any], recall: DeploymentHandle) -> None:
         cfg = PreciseConfig.model_validate(config)
         set_thread_counts(cfg.serve.ingress.threads)
-        _serve_http_from(_HandleBackend(recall), cfg.serve, ServeMetrics(_routes(), cfg.serve.task))
+        _serve_http_from(_HandleBackend(recall), _edge_settings(cfg.serve), ServeMetrics(_routes(), cfg.serve.task))
 
 
 # ---- Application builder ------------------------------------------------------------------------
@@ -472,6 +572,8 @@ def _scaling(s: Any, access_log: bool) -> dict[str, Any]:
     return {"autoscaling_config": {"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                                    "target_ongoing_requests": s.target_ongoing_requests},
             "max_ongoing_requests": s.max_ongoing_requests,
+            "max_queued_requests": s.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1},
             "ray_actor_options": {"num_cpus": s.num_cpus},
             # per-request access logs cost CPU on every call; errors are still logged
             "logging_config": {"enable_access_log": access_log}}

@@ -232,6 +232,32 @@ def test_serve_config_matches_the_shipped_one(where, config):
         f"{where} differs from configs/serve.yaml beyond http_options.host and the app args"
 
 
+def test_serving_beyond_loopback_has_its_api_token():
+    """Serve listens on 0.0.0.0 in the RayService and in compose, so `serve.auth` (mode auto) turns
+    bearer-token authentication on and the replicas refuse to start without a token: every Ray
+    container must get it, in the variable the app's platform config names, from a Secret of its
+    own (API clients never hold the Ray cluster's token)."""
+    from precise.serving.edge import auth_is_on
+
+    (service,) = [d for _, d in ray_manifests() if d["kind"] == "RayService"]
+    for where, config in _serve_configs():
+        (app,) = config["applications"]
+        auth = load_config(repo_file(app["args"]["config"])).serve.auth
+        assert auth_is_on(auth, config["http_options"]["host"]), where
+        assert not auth.token_file, f"{where}: the token comes from the environment"
+    auth = load_config(repo_file(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["config"])
+                       ).serve.auth
+    spec = cluster_spec(service)
+    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    for template in templates:
+        env = {e["name"]: e for e in template["spec"]["containers"][0].get("env", [])}
+        assert auth.token_env in env, f"RayService: a Ray container lacks {auth.token_env}"
+        secret = env[auth.token_env]["valueFrom"]["secretKeyRef"]
+        assert secret["name"] == "precise-serve-token" != TOKEN_SECRET and secret["key"] == "token"
+    shared = compose()["x-precise"]["environment"]
+    assert shared[auth.token_env].startswith("${PRECISE_SERVE_TOKEN:?"), "compose must require the API token"
+
+
 def test_cluster_config_reads_its_site_from_the_environment(monkeypatch):
     monkeypatch.setenv("PRECISE_KAFKA_BOOTSTRAP", "b1:9092,b2:9092")
     monkeypatch.setenv("PRECISE_ROOT", "/shared/precise")

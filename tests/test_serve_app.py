@@ -3,6 +3,9 @@
 One deployment serves the whole module, in order: every endpoint against a snapshot of fixed
 random vectors (answers compared with brute-force numpy), bad requests, an OpenAPI fuzzer, a hot
 swap under load, and finally the predict job (Ray Data) publishing snapshots with a cold item.
+Bearer-token authentication is on (`serve.auth.mode: on`, the token in a file), as it is wherever
+Serve listens beyond loopback: every request of the module carries the token, and the fuzzer
+checks that requests without it, or with a wrong one, are refused.
 """
 
 from __future__ import annotations
@@ -19,15 +22,13 @@ import numpy as np
 import pytest
 import requests
 import schemathesis
-import yaml
 from hypothesis import HealthCheck, given, settings
 
+from _serve_support import deploy, make_topics, write_token
 from precise.config import KafkaConfig
 from precise.events.producer import EventProducer
-from precise.events.topics import ensure_topics
 from precise.predict.demo import RandomVectors, publish_random_snapshot
 from precise.predict.embedders import HashingTextEncoder, TableEmbedder
-from precise.stack.process import free_port
 from precise.vectors import normalize
 
 pytestmark = pytest.mark.integration
@@ -46,8 +47,12 @@ class Service:
     root: Path
     config_path: Path
     kafka: KafkaConfig
+    token: str
     vectors: dict[str, RandomVectors] = field(default_factory=dict)  # snapshot version -> vectors
     session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.session.headers["Authorization"] = f"Bearer {self.token}"
 
     def post(self, path: str, body: Any, **kw: Any) -> requests.Response:
         return self.session.post(self.url + path, json=body, timeout=30, **kw)
@@ -86,16 +91,10 @@ def sequence_vector(vecs: RandomVectors, item_ids: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def service(ray_head, kafka_broker, tmp_path_factory):
-    import ray
     from ray import serve
 
-    from serve.app import app
-
     root = tmp_path_factory.mktemp("serve-root")
-    tag = f"{free_port()}"
-    kafka = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap, events_topic=f"ev-{tag}",
-                        items_topic=f"it-{tag}", dead_letter_topic=f"ev-{tag}.dlq", partitions=2)
-    ensure_topics(kafka)
+    kafka = make_topics(kafka_broker.bootstrap, "app", partitions=2)
     ref, vecs = publish_random_snapshot(root, TASK, users=60, items=400, dim=DIM, seed=1, model_version="m-1")
     with EventProducer(kafka) as producer:
         for user, items in HISTORY.items():
@@ -103,25 +102,20 @@ def service(ray_head, kafka_broker, tmp_path_factory):
                 producer.send_event({"event_id": f"{user}-{n}", "user_id": user, "item_id": item, "scene": "s",
                                      "action": "rate", "ts": NOW_MS - 100_000 + n, "value": 4.0})
         producer.flush()
+    token, token_file = write_token(root)
     config = {
         "storage": {"root": str(root)},
         "kafka": kafka.model_dump(),
         "serve": {"task": TASK, "poll_interval_s": 0.25, "recent_backfill_per_partition": 1000,
+                  "auth": {"mode": "on", "token_file": str(token_file)},
                   "max_body_bytes": 200_000,
                   "ingress": {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.1},
                   "recall": {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.1}},
         "predict": {"task": TASK, "actor_num_cpus": 0.25, "batch_size": 128,
                     "embedder": {"kwargs": {"items_path": str(vecs.table_path), "model_version": "table-1"}}},
     }
-    config_path = root / "platform.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-
-    if not ray.is_initialized():
-        ray.init()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    serve.run(app({"config": str(config_path)}), name="precise", route_prefix="/")
-    svc = Service(f"http://127.0.0.1:{port}", root, config_path, kafka, {ref.version: vecs})
+    config_path, port = deploy(config, root, "precise")
+    svc = Service(f"http://127.0.0.1:{port}", root, config_path, kafka, token, {ref.version: vecs})
     deadline = time.monotonic() + 60
     while True:  # the recent-items consumer has read every event
         recent = svc.get("/v1/version").json().get("recent_items") or {}
@@ -252,31 +246,74 @@ def test_malformed_and_oversized_bodies(service):
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_openapi_fuzzing_finds_no_server_error(service, mode):
     """Schemathesis generates requests from /openapi.json for every operation, schema-valid
-    (positive) or not (negative): no 5xx, and every answer conforms to the documented status codes,
-    content type and response schema."""
+    (positive) or not (negative), with the bearer token: no 5xx, and every answer conforms to the
+    documented status codes, content type and response schema. `ignored_auth` sends each secured
+    operation again without the token and with a wrong one: both must get 401. 150 examples per
+    mode keep it at about 20 s."""
+    from schemathesis.auths import AuthStorage
     from schemathesis.checks import not_a_server_error
     from schemathesis.generation import GenerationMode
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
+        ignored_auth,
         response_schema_conformance,
         status_code_conformance,
     )
 
-    schema = schemathesis.openapi.from_url(service.url + "/openapi.json")
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-    statuses: Counter = Counter()
+    schema = schemathesis.openapi.from_url(service.url + "/openapi.json", headers=dict(service.session.headers))
+    secured = [path for path, operations in schema.raw_schema["paths"].items()
+               if any(op.get("security") == [{"bearer": []}] for op in operations.values())]
+    assert sorted(secured) == sorted(set(schema.raw_schema["paths"]) - {"/healthz"}), secured
 
-    @given(case=schema.as_strategy(generation_mode=GenerationMode(mode)))
+    class Bearer:
+        def get(self, case, context):
+            return service.token
+
+        def set(self, case, token, context):
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
+
+    auth = AuthStorage()
+    auth.auth(refresh_interval=None, retry_on=[])(Bearer)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+              ignored_auth]
+    statuses: Counter = Counter()
+    plain = requests.Session()  # no default token: each case carries what the fuzzer gives it
+
+    @given(case=schema.as_strategy(generation_mode=GenerationMode(mode), auth_storage=auth))
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
               database=None)
     def fuzz(case):
-        response = case.call_and_validate(base_url=service.url, session=service.session, timeout=30, checks=checks)
+        response = case.call_and_validate(base_url=service.url, session=plain, timeout=30, checks=checks)
         statuses[response.status_code] += 1
 
-    fuzz()
+    try:
+        fuzz()
+    finally:
+        plain.close()
     assert not any(code >= 500 for code in statuses), statuses
     if mode == "negative":
-        assert set(statuses) <= {400, 404, 413, 422}, statuses
+        assert set(statuses) <= {400, 401, 404, 413, 422}, statuses
+    else:
+        assert statuses[200] > 0, statuses
+
+
+def test_requests_without_the_token_get_401(service):
+    spec = service.get("/openapi.json").json()
+    anonymous = requests.Session()
+    try:
+        for path, operations in spec["paths"].items():
+            for method in operations:
+                for headers in [{}, {"Authorization": "Bearer wrong-token-0123456789"}]:
+                    response = anonymous.request(method, service.url + path, json={"user_id": "u1"},
+                                                 headers=headers, timeout=30)
+                    if path == "/healthz":
+                        assert response.status_code == 200, response.text
+                    else:
+                        assert response.status_code == 401, (method, path, response.text)
+                        assert response.json() == {
+                            "error": "missing or invalid bearer token: send 'Authorization: Bearer <token>'"}
+    finally:
+        anonymous.close()
 
 
 def test_hot_swap_under_load_never_mixes_versions(service):
@@ -303,6 +340,7 @@ def test_hot_swap_under_load_never_mixes_versions(service):
     def load(worker: int) -> None:
         rng = random.Random(worker)
         session = requests.Session()
+        session.headers.update(service.session.headers)  # the bearer token
         deadline = time.monotonic() + 120  # bounded in time and count
         for _ in range(20_000):
             if stop.is_set() or time.monotonic() > deadline:

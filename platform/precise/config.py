@@ -301,8 +301,24 @@ class DeploymentScaling(Section):
     max_replicas: int = Field(2, ge=1)  # autoscaling upper bound
     target_ongoing_requests: float = Field(8, gt=0)  # autoscaler target of in-flight requests per replica
     max_ongoing_requests: int = Field(64, ge=1)  # per replica; more requests queue in the proxy
+    # per deployment and proxy: requests beyond it get 503 at once (with Retry-After) instead of
+    # waiting in an unbounded queue while the replicas are full
+    max_queued_requests: int = Field(128, ge=1)
     num_cpus: float = Field(0.25, ge=0)  # logical CPUs reserved per replica
     threads: int = Field(1, ge=1)  # torch / FAISS / OpenMP threads per replica
+
+
+class ServeAuthConfig(Section):
+    """Bearer-token authentication of the recall service's HTTP API (every route but /healthz)."""
+
+    # auto: on whenever Serve's HTTP proxy listens beyond loopback (http_options.host other than
+    # 127.0.0.1 / ::1 / localhost, or unknown); on: always; off: never (only behind something
+    # that authenticates for it)
+    mode: Literal["auto", "on", "off"] = "auto"
+    # a file holding the token, read once when a replica starts (a mounted Secret); if unset,
+    # the environment variable `token_env` of the replica's process holds the token
+    token_file: str | None = None
+    token_env: str = Field("PRECISE_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable with the token
 
 
 class ServeConfig(Section):
@@ -313,7 +329,15 @@ class ServeConfig(Section):
     # deployment forwards to Recall through a handle (HTTP work scales apart from the index).
     topology: Literal["single", "split"] = "single"
     poll_interval_s: float = Field(10.0, gt=0)  # how often LATEST is checked
-    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger requests get 413 (k, ids, text: API limits)
+    auth: ServeAuthConfig = Field(default_factory=ServeAuthConfig)
+    # larger request bodies get 413, counted as they arrive (chunked bodies declare no length)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0)  # the whole body must arrive within this, else 408
+    request_timeout_s: float = Field(30.0, gt=0)  # an answer within this once the body is in, else 504
+    # cold-text embeddings ({text} of an item the snapshot lacks: runs the model's text encoder,
+    # the LLM) per replica: a token bucket of this rate and burst; over it, 429 with Retry-After
+    cold_text_rate_per_s: float = Field(2.0, gt=0)
+    cold_text_burst: int = Field(4, ge=1)  # cold-text requests a replica takes at once before the rate applies
     u2i2i_seeds: int = Field(10, ge=1)  # most recent items whose neighbours U2I2I merges
     batch_max_size: int = Field(32, ge=1)  # @serve.batch of FAISS searches
     batch_wait_s: float = Field(0.0, ge=0)  # 0: batch what is queued, never wait for more
@@ -322,6 +346,9 @@ class ServeConfig(Section):
     recent_enabled: bool = True
     recent_items: int = Field(50, ge=1)  # last N items per user
     recent_max_users: int = Field(1_000_000, ge=1)  # LRU bound
+    # memory of the recent items per replica (least recently active users evicted first); about
+    # 1.2 KB per user with 50 items: 1 GiB holds ~850,000 such users
+    recent_max_bytes: int = Field(1 << 30, ge=1 << 16)
     recent_actions: list[str] | None = None  # only these actions count (None: all)
     recent_backfill_per_partition: int = Field(100_000, ge=0)  # records re-read at start-up
     # Embedders are imported by the path a snapshot's manifest names: only from these packages.

@@ -2,7 +2,9 @@
 
 `KafkaRecentFeed` reads every partition (no consumer group: each serving replica keeps its own
 complete view) from `backfill_per_partition` records before the end, forever, in a daemon thread,
-and adds each event to a sink (`precise.serving.recent.RecentItems`).
+and adds each event to a sink (`precise.serving.recent.RecentItems`). Ids longer than the event
+contract allows (`MAX_ID_CHARS`) are counted as invalid and never stored: the stream is not
+validated before it reaches serving, and one producer's bug must not fill a replica's memory.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import threading
 import time
 from typing import Any, Protocol
 
+from precise.events.schema import MAX_ID_CHARS
+
 log = logging.getLogger(__name__)
 
 
 class RecentSink(Protocol):
     evicted_users: int
+    bytes: int
+    max_bytes: int
 
     def add(self, user_id: str, item_id: str, ts: int) -> None: ...
 
@@ -35,8 +41,10 @@ def parse_recent_event(value: bytes) -> tuple[str, str, int, str]:
     user, item, ts, action = event.get("user_id"), event.get("item_id"), event.get("ts"), event.get("action", "")
     if not isinstance(user, str) or not user or not isinstance(item, str) or not item:
         raise ValueError("user_id and item_id must be non-empty strings")
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        raise ValueError("ts must be an integer (epoch milliseconds)")
+    if len(user) > MAX_ID_CHARS or len(item) > MAX_ID_CHARS:
+        raise ValueError(f"user_id and item_id must be at most {MAX_ID_CHARS} characters")
+    if not isinstance(ts, int) or isinstance(ts, bool) or not -(1 << 63) <= ts < 1 << 63:
+        raise ValueError("ts must be a 64-bit integer (epoch milliseconds)")
     return user, item, ts, action if isinstance(action, str) else ""
 
 
@@ -56,8 +64,12 @@ class KafkaRecentFeed:
         self.invalid = 0
         self.filtered = 0
         self.last_error: str | None = None
+        # partition -> next offset / end offset. Written by the feed thread, read by stats() in
+        # request threads: every access holds the lock (iterating a dict while another thread
+        # adds a partition raises "dictionary changed size during iteration").
         self._positions: dict[int, int] = {}
         self._ends: dict[int, int] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"recent-items-{topic}", daemon=True)
 
@@ -74,11 +86,13 @@ class KafkaRecentFeed:
         return self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        lag = sum(max(0, self._ends.get(p, 0) - pos) for p, pos in self._positions.items())
+        with self._lock:
+            lag = sum(max(0, self._ends.get(p, 0) - pos) for p, pos in self._positions.items())
+            partitions = len(self._positions)
         return {"topic": self.topic, "users": len(self.recent), "consumed": self.consumed,
-                "invalid": self.invalid, "filtered": self.filtered, "lag": lag,
-                "partitions": len(self._positions), "evicted_users": self.recent.evicted_users,
-                "last_error": self.last_error}
+                "invalid": self.invalid, "filtered": self.filtered, "lag": lag, "partitions": partitions,
+                "evicted_users": self.recent.evicted_users, "bytes": self.recent.bytes,
+                "max_bytes": self.recent.max_bytes, "last_error": self.last_error}
 
     def _run(self) -> None:
         # Reconnect on any client error: a broker restart must not end recent-item tracking.
@@ -93,8 +107,11 @@ class KafkaRecentFeed:
     def _consume(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
+        # Metadata at most 5 s old (kafka-python's default is 5 minutes): partitions added to the
+        # topic are found on the next refresh below, not minutes later.
+        options = {"metadata_max_age_ms": 5000, **self.client_options}
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                 group_id=None, **self.client_options)
+                                 group_id=None, **options)
         try:
             assigned: set[int] = set()
             next_refresh = 0.0
@@ -105,7 +122,9 @@ class KafkaRecentFeed:
                         self._assign(consumer, partitions, assigned, TopicPartition)
                     tps = [TopicPartition(self.topic, p) for p in assigned]
                     if tps:
-                        self._ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+                        ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+                        with self._lock:
+                            self._ends = ends
                     next_refresh = time.monotonic() + 5.0
                 if not assigned:
                     self._stop.wait(0.5)
@@ -113,8 +132,10 @@ class KafkaRecentFeed:
                 for tp, records in consumer.poll(timeout_ms=200, max_records=5000).items():
                     for record in records:
                         self._ingest(record.value)
-                    self._positions[tp.partition] = records[-1].offset + 1
-                    self._ends[tp.partition] = max(self._ends.get(tp.partition, 0), records[-1].offset + 1)
+                    position = records[-1].offset + 1
+                    with self._lock:
+                        self._positions[tp.partition] = position
+                        self._ends[tp.partition] = max(self._ends.get(tp.partition, 0), position)
         finally:
             consumer.close()
 
@@ -130,8 +151,9 @@ class KafkaRecentFeed:
         for tp in new:
             start = max(starts[tp], ends[tp] - self.backfill)
             consumer.seek(tp, start)
-            self._positions[tp.partition] = start
-            self._ends[tp.partition] = ends[tp]
+            with self._lock:
+                self._positions[tp.partition] = start
+                self._ends[tp.partition] = ends[tp]
 
     def _ingest(self, value: bytes) -> None:
         try:

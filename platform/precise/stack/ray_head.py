@@ -72,12 +72,15 @@ class RayHead:
         return recorded_process(self.pid_path) is not None
 
     def ensure_token(self) -> str:
-        """The cluster's bearer token, generated (mode 600) on first use."""
+        """The cluster's bearer token, generated on first use into a file created mode 600: no
+        moment where another user could read it (writing first and restricting after leaves one)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.token_path.is_file() or not self.token_path.read_text().strip():
             tmp = self.token_path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
+            tmp.unlink(missing_ok=True)  # a leftover of a crash, perhaps with other permissions
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
             os.replace(tmp, self.token_path)
         return self.token_path.read_text().strip()
 
