@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 
@@ -35,7 +36,7 @@ from precise.config import IndexConfig, KafkaConfig
 from precise.events.producer import EventProducer
 from precise.predict.embedders import write_vector_table
 from precise.predict.index import index_builder
-from precise.store.snapshots import SnapshotStore
+from precise.store.snapshots import SnapshotError, SnapshotStore
 from precise.vectors import normalize, vectors_to_arrow
 
 pytestmark = pytest.mark.integration
@@ -82,15 +83,22 @@ def _publish_snapshot(root: Path) -> None:
     table_path = root / "edge-table.parquet"
     write_vector_table(table_path, table_ids, table)
     store = SnapshotStore(root, TASK)
+    nan_row = np.full((1, DIM), np.nan, np.float32)
+    part = pa.table({"user_id": pa.array([*USERS, "u-nan"]),
+                     "vector": vectors_to_arrow(np.concatenate([users, nan_row]))})
     with store.writer() as writer:
         writer.write_items(ITEMS, items)
-        nan_row = np.full((1, DIM), np.nan, np.float32)
+        with pytest.raises(SnapshotError, match="NaN"):  # the writer never publishes one ...
+            writer.write_user_part(part, 0)
+        finite = np.concatenate([users, users[:1]])  # u-nan published with a finite stand-in
         writer.write_user_part(pa.table({"user_id": pa.array([*USERS, "u-nan"]),
-                                         "vector": vectors_to_arrow(np.concatenate([users, nan_row]))}), 0)
-        writer.publish(model_version="edge-1",
-                       embedder={"import_path": "precise.predict.embedders:TableEmbedder",
-                                 "kwargs": {"items_path": str(table_path), "model_version": "edge-1"}},
-                       build_index=index_builder(IndexConfig()))
+                                         "vector": vectors_to_arrow(finite)}), 0)
+        ref = writer.publish(model_version="edge-1",
+                             embedder={"import_path": "precise.predict.embedders:TableEmbedder",
+                                       "kwargs": {"items_path": str(table_path), "model_version": "edge-1"}},
+                             build_index=index_builder(IndexConfig()))
+    # ... so a NaN user reaches a replica only by damage on disk: serving must refuse to use it
+    pq.write_table(part, ref.path / "users" / "part-00000.parquet")
 
 
 @pytest.fixture(scope="module")

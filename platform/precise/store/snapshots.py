@@ -208,6 +208,8 @@ class SnapshotWriter:
     def write_user_part(self, table: pa.Table, part: int) -> None:
         """One part of the users from a batch job: `user_id` and already normalised `vector`."""
         if table.num_rows:
+            if not np.isfinite(vectors_from_arrow(table.column("vector"))).all():
+                raise SnapshotError("user vectors contain NaN or infinity")
             pq.write_table(table, self.users_dir / f"part-{part:05d}.parquet")
 
     def reuse_users(self, previous: SnapshotRef) -> None:
