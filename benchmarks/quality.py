@@ -139,13 +139,26 @@ def run_variant(config: PreciseConfig, variant: str, seed: int, runs: Path, devi
     registry = ModelRegistry(runs / f"seed{seed}" / ("ut" if variant == "ut_tt" else variant))
     start = "scratch" if variant in ("tt", *UNIVERSAL_VARIANTS) else "parent"
     setup = recipe.setup(cfg, kind, start=start, registry=registry)
-    state, progress = recipe.fit(setup.payload, device=device, log=log)
+    test, curve = setup.test(), []
+
+    def test_after_validation(model: torch.nn.Module, _opt: Any, progress: recipe.Progress, _best: Any) -> None:
+        # Reported, never used to select: the test metric of every validated epoch against the training
+        # time spent so far (how fast a variant reaches a quality level).
+        record = progress.history[-1]
+        if not any(k.startswith("val_") for k in record):
+            return
+        metrics = evaluate_model(model, test, None, (10,), config.training.eval_batch_users, device).metrics
+        spent = sum(r.get("seconds", 0.0) for r in progress.history)
+        curve.append({"epoch": record["epoch"], "train_s": round(spent, 1),
+                      "test_R@10": metrics["R@10"], "test_N@10": metrics["N@10"]})
+
+    state, progress = recipe.fit(setup.payload, device=device, log=log, on_epoch=test_after_validation)
     version = recipe.register(setup, state, progress, cfg, registry)
     model = recipe.trained_model(setup, registry.load_state_dict(version)).to(device)
     record = {"best_epoch": progress.best_epoch, "best_val": progress.best_metric,
               "select_metric": setup.payload.select_metric, "history": progress.history,
               "train_s": round(sum(r.get("seconds", 0.0) for r in progress.history), 1),
-              "wall_s": round(time.perf_counter() - started, 1), "model": version.ref}
+              "wall_s": round(time.perf_counter() - started, 1), "model": version.ref, "test_curve": curve}
     return setup, model, record
 
 

@@ -8,11 +8,11 @@ head on free ports, replays the dataset into fresh topics, then, on one storage 
 1. **one pipeline cycle**, timed with one clock (`cycle_wall_s`): ingest once (Kafka -> lake ->
    sequences), universal training (Ray Train, 1 worker, from scratch), targeted training (Ray
    Train, 1 worker, warm-started from that universal version). The replay before it is the
-   producers' side and is not included; nor is cluster start-up. There is no `jobs/pipeline.py`
-   yet: this is exactly the sequence it would run.
+   producers' side and is not included; nor is cluster start-up. The pipeline
+   (`jobs/pipeline.py`) runs the same stages in this order.
 2. universal training again with 2 workers (DDP over gloo), from scratch;
-3. the plain single-process loop (`precise.train.loop.fit`) on the same lake sequences, with the
-   same initial weights, model and train config, at 1 torch thread (= one Ray Train worker) and 2.
+3. the same recipe's `fit` in this process, without Ray (`precise.train.recipe.fit`), on the same
+   lake's samples, model and train config, at 1 torch thread (= one Ray Train worker) and 2.
 
 samples/s = training sequences (one next-item window per user) per second of the *last* epoch's
 training loop (the first epoch is a warm-up); for the Ray job that is the loop inside the worker,
@@ -41,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "platform"))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _stack import kafka_bootstrap  # noqa: E402
@@ -77,36 +76,24 @@ def bench_config(quick: bool, bootstrap: str, root: str, text_model: str) -> Pre
     return PreciseConfig.model_validate(raw)
 
 
-def plain_setup(config: PreciseConfig) -> tuple[Any, Any]:
-    """What the Ray job would train on, for the plain loop: the prepared run (vocabulary, initial
-    weights, model and train config) and the lake's training sequences as `NextItemBatches`."""
-    from precise.store.sequences import read_sequences
-    from precise.train.ray_job import prepare
-    from precise.train.sequences import NextItemBatches
+def plain_setup(config: PreciseConfig) -> Any:
+    """What the Ray job trains on, set up by the same recipe (from scratch, as the jobs above ran)."""
+    from precise.train import recipe
 
-    prepared = prepare(config, "universal", full=True)
-    lookup = {item: i + 1 for i, item in enumerate(prepared.items)}
-    sequences = read_sequences(config.storage.resolved_root(), config.sequences.all_scene.name)
-    train = tuple(np.fromiter((lookup[i] for i in items[:n]), dtype=np.int64, count=n)
-                  for items, n in zip(sequences.column("item_ids").to_pylist(),
-                                      sequences.column("train_len").to_pylist(), strict=True))
-    return prepared, NextItemBatches(train, prepared.model_config.max_len, prepared.train_config.batch_size)
+    return recipe.setup(config, "universal", start="scratch")
 
 
-def plain_samples_per_s(prepared: Any, batches: Any, threads: int) -> float:
-    """The plain loop from the same initial weights: the last epoch's samples/s."""
-    from precise.model import build_model
-    from precise.train.loop import fit
+def plain_samples_per_s(setup: Any, threads: int) -> float:
+    """The recipe's `fit` in this process (no Ray), same payload: the last epoch's samples/s."""
+    from precise.train import recipe
 
-    model = build_model(prepared.model_config, "universal", token_table=prepared.token_table)
-    model.load_state_dict(prepared.initial_state)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        history = fit(model, batches, prepared.train_config, log=None)
+        _, progress = recipe.fit(setup.payload, log=None)
     finally:
         torch.set_num_threads(previous)
-    return history.samples_per_s[-1]
+    return next(r for r in reversed(progress.history) if "samples_per_s" in r)["samples_per_s"]
 
 
 def main() -> None:
@@ -144,9 +131,9 @@ def main() -> None:
             cycle_wall_s = time.monotonic() - started
 
             two = run_training(config, "universal", full=True, num_workers=2)
-            prepared, batches = plain_setup(config)
-            plain_1 = plain_samples_per_s(prepared, batches, threads=1)
-            plain_2 = plain_samples_per_s(prepared, batches, threads=2)
+            setup = plain_setup(config)
+            plain_1 = plain_samples_per_s(setup, threads=1)
+            plain_2 = plain_samples_per_s(setup, threads=2)
         finally:
             if ray.is_initialized():
                 ray.shutdown()
@@ -155,9 +142,9 @@ def main() -> None:
 
     ray_1, ray_2 = universal.metrics["samples_per_s"], two.metrics["samples_per_s"]
     out.update({
-        "samples_per_epoch": batches.num_samples,
+        "samples_per_epoch": len(setup.payload.samples),
         "model": QUICK_MODEL if args.quick else "ModelConfig defaults",
-        "epochs": config.training.universal["epochs"],
+        "epochs": config.training.universal.epochs,
         "plain_samples_per_s": round(plain_1, 1),
         "plain_2_threads_samples_per_s": round(plain_2, 1),
         "ray_1_worker_samples_per_s": round(ray_1, 1),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from precise.model.text_adapter import StandInTokenEmbeddings, hashed_token_embeddings, token_table
+from precise.model.text_adapter import hashed_token_embeddings, token_table
+from precise.text import TokenEmbeddings
 
 
 def test_hashed_stand_in_has_the_text_interface_shapes():
@@ -22,7 +23,7 @@ def test_token_table_projects_and_lays_out_by_item_index():
     states = rng.standard_normal((3, 5, 40)).astype(np.float16)
     states[:, 0] *= 100  # an "attention sink" token with a huge norm
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=bool)
-    tokens = StandInTokenEmbeddings(["x", "y", "z"], states, mask, "test", 40, 5)
+    tokens = TokenEmbeddings(["x", "y", "z"], states, mask, "test", 40, 5)
     table, table_mask = token_table(tokens, ["z", "x", "missing"], token_dim=8)
     assert table.shape == (4, 5, 8) and table_mask.shape == (4, 5)
     assert table_mask[1].tolist() == mask[2].tolist() and table_mask[2].tolist() == mask[0].tolist()

@@ -21,13 +21,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from precise.model.base import SequenceModel
 from precise.model.config import PAD, ModelConfig
-from precise.model.fusion import ItemEncoder, l2_normalize
+from precise.model.fusion import l2_normalize
 from precise.model.losses import bpr_user_loss, full_softmax_loss, sampled_softmax_loss
-from precise.model.transformer import SequenceEncoder
 
 
-class TargetedModel(nn.Module):
+class TargetedModel(SequenceModel):
     causal = False
 
     def __init__(
@@ -36,10 +36,7 @@ class TargetedModel(nn.Module):
         token_states: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.items = ItemEncoder(config, token_states, token_mask)
-        self.encoder = SequenceEncoder(config, causal=False)
+        super().__init__(config, token_states, token_mask)
         width, hidden = config.width, config.head_hidden or 2 * config.width
         self.head = nn.Sequential(
             nn.Linear(config.max_len * width, hidden),
@@ -52,10 +49,6 @@ class TargetedModel(nn.Module):
             # a warm-started model begins from the universal user embedding, not a random one.
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
-
-    def encode(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.items(input_ids) if table is None else table[input_ids]
-        return self.encoder(emb, input_ids != PAD)
 
     def user_embeddings(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised MLP(concat(h_1..h_N)) [B, W]; inputs are left-padded to max_len so each
@@ -70,9 +63,6 @@ class TargetedModel(nn.Module):
         if self.config.head_residual:
             user = user + h[:, -1]
         return l2_normalize(user)
-
-    def item_embeddings(self) -> torch.Tensor:
-        return l2_normalize(self.items())
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.config

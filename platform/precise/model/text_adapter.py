@@ -25,37 +25,15 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-
-class TokenStates(Protocol):
-    """What `precise.text.TokenEmbeddings` provides (the fields we use)."""
-
-    item_ids: list[str]
-    states: np.ndarray  # float16 [n, m, d]
-    mask: np.ndarray  # bool [n, m]
-    model: str
-    dim: int
-    max_tokens: int
-
-
-@dataclass(frozen=True)
-class StandInTokenEmbeddings:
-    """Same fields as `precise.text.TokenEmbeddings`; produced by `hashed_token_embeddings`."""
-
-    item_ids: list[str]
-    states: np.ndarray
-    mask: np.ndarray
-    model: str
-    dim: int
-    max_tokens: int
+from precise.text.embeddings import TokenEmbeddings
 
 
 def hashed_token_embeddings(
     item_texts: Mapping[str, str], max_tokens: int = 32, dim: int = 64
-) -> StandInTokenEmbeddings:
+) -> TokenEmbeddings:
     """Deterministic stand-in for LLM token states: one pseudo-random vector per distinct word."""
     item_ids = list(item_texts)
     states = np.zeros((len(item_ids), max_tokens, dim), dtype=np.float16)
@@ -69,12 +47,12 @@ def hashed_token_embeddings(
                 cache[word] = np.random.default_rng(seed).standard_normal(dim).astype(np.float16)
             states[row, col] = cache[word]
             mask[row, col] = True
-    return StandInTokenEmbeddings(item_ids, states, mask, "hashed", dim, max_tokens)
+    return TokenEmbeddings(item_ids, states, mask, "hashed", dim, max_tokens)
 
 
 def load_token_states(
     item_texts: Mapping[str, str], model: str, max_tokens: int, **kwargs: object
-) -> TokenStates:
+) -> TokenEmbeddings:
     """Token states from `precise.text` (or the hashed stand-in when `model == "hashed"`)."""
     if model == "hashed":
         return hashed_token_embeddings(item_texts, max_tokens=max_tokens)
@@ -112,7 +90,7 @@ class TokenProjection:
         return cls(np.asarray(arrays["mean"]), np.asarray(arrays["components"]), float(arrays["scale"][0]))
 
 
-def fit_token_projection(tokens: TokenStates, token_dim: int) -> TokenProjection:
+def fit_token_projection(tokens: TokenEmbeddings, token_dim: int) -> TokenProjection:
     """PCA of the (L2-normalised) valid token vectors, scaled so the projection has unit RMS."""
     states = np.asarray(tokens.states, dtype=np.float32)
     valid = states[np.asarray(tokens.mask, dtype=bool)]
@@ -132,7 +110,7 @@ def fit_token_projection(tokens: TokenStates, token_dim: int) -> TokenProjection
 
 
 def token_table(
-    tokens: TokenStates,
+    tokens: TokenEmbeddings,
     item_ids: Sequence[str],
     token_dim: int,
     projection: TokenProjection | None = None,

@@ -13,40 +13,19 @@ sequences, as the paper describes; popularity-biased, no logQ correction), or wi
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from precise.model.config import PAD, ModelConfig
-from precise.model.fusion import ItemEncoder, l2_normalize
+from precise.model.base import SequenceModel
+from precise.model.config import PAD
+from precise.model.fusion import l2_normalize
 from precise.model.losses import full_softmax_loss, sampled_softmax_loss
-from precise.model.transformer import SequenceEncoder
 
 
-class UniversalModel(nn.Module):
+class UniversalModel(SequenceModel):
     causal = True
-
-    def __init__(
-        self,
-        config: ModelConfig,
-        token_states: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.items = ItemEncoder(config, token_states, token_mask)
-        self.encoder = SequenceEncoder(config, causal=True)
-
-    def encode(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """Outputs at every position [B, N, W] (not normalised). `table`: precomputed item table."""
-        emb = self.items(input_ids) if table is None else table[input_ids]
-        return self.encoder(emb, input_ids != PAD)
 
     def user_embeddings(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised output at the last (most recent) position [B, W]."""
         return l2_normalize(self.encode(input_ids, table)[:, -1])
-
-    def item_embeddings(self) -> torch.Tensor:
-        """L2-normalised item table [n + 1, W] (row 0 = padding)."""
-        return l2_normalize(self.items())
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs, targets = batch["input_ids"], batch["target_ids"]
