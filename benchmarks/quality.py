@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from precise.config import PreciseConfig, load_config  # noqa: E402
 from precise.model.config import TARGETED_VARIANTS, UNIVERSAL_VARIANTS  # noqa: E402
 from precise.paths import precise_home  # noqa: E402
-from precise.store.registry import ModelRegistry  # noqa: E402
+from precise.store.registry import ITEMS_FILE, ModelRegistry  # noqa: E402
 from precise.train import recipe  # noqa: E402
 from precise.train.data import eval_set  # noqa: E402
 from precise.train.evaluate import cold_items, evaluate_model, evaluate_scorer, popularity_scorer  # noqa: E402
@@ -129,11 +129,53 @@ def variant_config(config: PreciseConfig, variant: str, seed: int, root: Path) -
     return cfg
 
 
-def run_variant(config: PreciseConfig, variant: str, seed: int, runs: Path, device: str, log: Any
-                ) -> tuple[recipe.Setup, torch.nn.Module, dict[str, Any]]:
+SHARED_UNIVERSAL = (("sequences",), ("training", "model"), ("training", "universal"), ("training", "text"))
+
+
+def reuse_universal(cfg: PreciseConfig, seed: int, runs: Path, wait_s: float, log: Any
+                    ) -> tuple[recipe.Setup, torch.nn.Module, dict[str, Any]]:
+    """This seed's ut as registered by the run of the `quality.universal_from` config (under the same
+    results folder), after checking that it was trained with this config's settings. `wait_s`: how
+    long to wait for it to appear (both runs side by side)."""
+    stem = cfg.quality.universal_from
+    source = runs.parent / stem / f"seed{seed}" / "ut"
+    deadline = time.monotonic() + wait_s
+    while (version := ModelRegistry(source).latest("universal")) is None and time.monotonic() < deadline:
+        time.sleep(5)
+    if version is None:
+        raise SystemExit(f"quality.universal_from: no ut model of seed {seed} under {source}; run "
+                         f"benchmarks/quality.py --config configs/{stem}.yaml first (or beside this, with --wait)")
+    ours, theirs = cfg.model_dump(mode="json"), version.metadata["config"]
+    for path in SHARED_UNIVERSAL:
+        a, b = ours, theirs
+        for key in path:
+            a, b = a[key], b[key]
+        if a != b:
+            raise SystemExit(f"quality.universal_from: {'.'.join(path)} differs from the ut run under {source}")
+    # Universal versions only: the source run's own targeted versions stay where they are.
+    shutil.copytree(source / "models" / "universal", runs / f"seed{seed}" / "ut" / "models" / "universal")
+    registry = ModelRegistry(runs / f"seed{seed}" / "ut")
+    version = registry.latest("universal")
+    setup = recipe.setup(cfg, "universal", start="scratch", registry=registry)
+    if json.loads(registry.read_file(version, ITEMS_FILE)) != setup.items:
+        raise SystemExit(f"quality.universal_from: the item vocabulary under {source} differs from this lake's")
+    log(f"[universal/all] seed {seed}: ut reused from {source} ({version.ref})")
+    meta = version.metadata
+    record = {"best_epoch": meta["selected_by"]["epoch"], "best_val": meta["selected_by"]["value"],
+              "select_metric": meta["selected_by"]["metric"], "history": meta["history"],
+              "train_s": round(sum(r.get("seconds", 0.0) for r in meta["history"]), 1),
+              "wall_s": 0.0, "model": version.ref, "reused_from": str(source)}
+    return setup, recipe.trained_model(setup, registry.load_state_dict(version)), record
+
+
+def run_variant(config: PreciseConfig, variant: str, seed: int, runs: Path, device: str, log: Any,
+                wait_s: float = 0.0) -> tuple[recipe.Setup, torch.nn.Module, dict[str, Any]]:
     """Set up, fit, register and reload one variant; returns its setup, model and training record."""
     started = time.perf_counter()
     cfg = variant_config(config, variant, seed, Path(config.storage.root))
+    if variant == "ut" and config.quality.universal_from:
+        setup, model, record = reuse_universal(cfg, seed, runs, wait_s, log)
+        return setup, model.to(device), record
     kind = "universal" if variant in UNIVERSAL_VARIANTS else "targeted"
     # ut_tt warm-starts from this seed's ut: it shares ut's registry, whose LATEST universal is ut.
     registry = ModelRegistry(runs / f"seed{seed}" / ("ut" if variant == "ut_tt" else variant))
@@ -172,7 +214,8 @@ def universal_on_target(ut: recipe.Setup, target: recipe.Setup) -> Any:
 # ---- the benchmark -----------------------------------------------------------------------------------
 
 
-def run_quality(config: PreciseConfig, runs: Path, device: str = "cpu", log: Any = print) -> dict[str, Any]:
+def run_quality(config: PreciseConfig, runs: Path, device: str = "cpu", log: Any = print,
+                wait_s: float = 0.0) -> dict[str, Any]:
     q = config.quality
     started = time.perf_counter()
     ks = tuple(q.ks)
@@ -193,7 +236,7 @@ def run_quality(config: PreciseConfig, runs: Path, device: str = "cpu", log: Any
     for seed in q.seeds:
         setups: dict[str, tuple[recipe.Setup, torch.nn.Module]] = {}
         for name in [*universal_names, *targeted_names]:
-            setup, model, record = run_variant(config, name, seed, runs, device, log)
+            setup, model, record = run_variant(config, name, seed, runs, device, log, wait_s)
             setups[name] = (setup, model)
             training.setdefault(name, {})[seed] = record
             if name in variants:
@@ -318,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--root", type=Path, help="the lake to train on (default: one per dataset, built once)")
     parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="S",
+                        help="quality.universal_from: wait up to S seconds per seed for that run's ut")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -346,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = path.stem
     runs = args.results / "runs" / stem
     shutil.rmtree(runs, ignore_errors=True)
-    report = run_quality(config, runs, args.device, log)
+    report = run_quality(config, runs, args.device, log, args.wait)
     report["config"] = str(path.relative_to(REPO) if path.resolve().is_relative_to(REPO) else path)
     report["command"] = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report["lake"] = str(root)

@@ -86,3 +86,33 @@ def test_train_speed_benchmark_reports_every_universal_variant(ml100k_copy, tmp_
     assert set(report["results"]) == {"id_only", "llm_only", "pool", "ut", "id_wide"}
     assert report["results"]["id_only"]["ratio_to_id_only"] == 1.0
     assert all(r["seq_per_s"] > 0 for r in report["results"].values())
+
+
+def test_universal_from_reuses_the_other_runs_ut_and_refuses_other_settings(ml100k_copy, tmp_path, capsys):
+    quality = bench("quality")
+    root, results = tmp_path / "lake", tmp_path / "results"
+    ml100k_copy(root)
+    first = tiny_config(tmp_path, ["ut"], [1])  # tiny.yaml: trains ut
+    assert quality.main(["--config", str(first), "--root", str(root), "--results", str(results)]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["training"]["ut"]["1"]
+
+    second = yaml.safe_load(first.read_text())
+    second["quality"].update(variants=["ut_tt"], universal_from="tiny")
+    path = tmp_path / "second.yaml"
+    path.write_text(yaml.safe_dump(second))
+    assert quality.main(["--config", str(path), "--root", str(root), "--results", str(results)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    reused = report["training"]["ut"]["1"]
+    assert reused["model"] == trained["model"] and reused["reused_from"].endswith("tiny/seed1/ut")
+    assert "ut_tt" in report["results"] and "ut_target" in report["results"]
+    # the source run's registry is left as it was: only its universal versions were copied
+    assert not (results / "runs" / "tiny" / "seed1" / "ut" / "models" / "targeted").exists()
+
+    second["training"]["model"]["id_dim"] = 16  # not the settings the other run's ut was trained with
+    path.write_text(yaml.safe_dump(second))
+    with pytest.raises(SystemExit, match="training.model differs"):
+        quality.main(["--config", str(path), "--root", str(root), "--results", str(results)])
+    second["quality"]["universal_from"] = "nothing-ran"
+    path.write_text(yaml.safe_dump(second))
+    with pytest.raises(SystemExit, match="no ut model of seed 1"):
+        quality.main(["--config", str(path), "--root", str(root), "--results", str(results)])

@@ -367,6 +367,11 @@ class QualityConfig(Section):
     variants: list[str] = Field(default_factory=lambda: ["id_only", "ut", "tt", "ut_tt"], min_length=1)
     ks: list[int] = Field(default_factory=lambda: [10, 30, 50], min_length=1)  # Recall@K and NDCG@K
     hot_fraction: float = Field(0.2, gt=0, lt=1)  # cold items: outside this most popular share
+    # another quality config (its file stem) whose per-seed `ut` models this config's ut_tt warm-starts
+    # from and ut_target uses, instead of training ut again: one universal model, several targeted
+    # tasks, as in the paper. Its sequences, model, universal and text settings must equal this
+    # config's (checked). null: train ut here
+    universal_from: str | None = None
 
     @model_validator(mode="after")
     def _known_variants(self) -> QualityConfig:
