@@ -78,7 +78,7 @@ class LocalCluster:
     prefix: str = "c14"
     subnet: str = "10.214.14"
     worker_cpus: int = 3
-    head_cpus: int = 2
+    head_cpus: int = 3
     broker_heap: str = "256m"
     hosts: dict[str, Host] = field(init=False)
 
@@ -280,8 +280,8 @@ class LocalCluster:
         try:
             (described,) = admin.describe_topics([topic])
             for p in described["partitions"]:
-                if p["partition"] == partition and p["leader"] >= 0:
-                    return self.broker_of(p["leader"])
+                if p["partition_index"] == partition and p["leader_id"] >= 0:
+                    return self.broker_of(p["leader_id"])
         finally:
             admin.close()
         raise StackError(f"{topic}[{partition}] has no leader")
@@ -292,7 +292,7 @@ class LocalCluster:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=20000)
         try:
             (described,) = admin.describe_topics([topic])
-            return {p["partition"]: sorted(p["isr"]) for p in described["partitions"]}
+            return {p["partition_index"]: sorted(p["isr_nodes"]) for p in described["partitions"]}
         finally:
             admin.close()
 
@@ -340,7 +340,10 @@ class LocalCluster:
         env.pop("RAY_API_SERVER_ADDRESS")
         # workers start with the node environment's interpreter; nothing of the project on its path
         env["PATH"] = os.pathsep.join([str(self.node_python.parent), env.get("PATH", "")])
-        env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                    # the host name resolves to loopback in a namespace: gloo (DDP on CPU) must
+                    # bind the host's own interface, or its peers on other hosts cannot connect
+                    "GLOO_SOCKET_IFNAME": "eth0"})
         cmd = [*host.exec_prefix(), str(self.node_python), "-m", "ray.scripts.scripts", "start", *role, *common]
         spawn(cmd, directory / "ray-start.log", directory / "ray.pid", env=env, cwd=directory)
 
