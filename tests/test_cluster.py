@@ -49,7 +49,7 @@ def test_pipeline_on_three_nodes_and_three_brokers_survives_node_broker_and_link
     assert out["train_worker_nodes"] == 2, out["train_worker_hosts"]
     assert out["killed_processes"] > 0
     universal = out["universal"]
-    assert universal["epoch"] == 6 and universal["resumed_from_epoch"] >= 1, universal
+    assert universal["epoch"] == out["universal_epochs"] and universal["resumed_from_epoch"] >= 1, universal
     assert out["targeted"]["epoch"] >= 1  # finished across a 20 s link outage
 
     # registry, snapshot and Serve agree

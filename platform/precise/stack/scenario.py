@@ -242,7 +242,8 @@ def run_scenario(cluster: LocalCluster, work: Path, link_down_s: float = 20.0,
 
     config = PreciseConfig.model_validate(raw)
     data = stream()
-    out: dict[str, Any] = {"tag": tag, "nodes": len(RAY_NODES), "brokers": 3}
+    out: dict[str, Any] = {"tag": tag, "nodes": len(RAY_NODES), "brokers": 3,
+                           "universal_epochs": raw["training"]["universal"]["epochs"]}
     events_topic = config.kafka.events_topic
 
     # 1-2: replay the first 40 %, then ingest while the rest trickles in and two brokers die in turn
