@@ -56,6 +56,7 @@ def test_pipeline_on_three_nodes_and_three_brokers_survives_node_broker_and_link
     c = out["consistency"]
     assert c["snapshot_model"] == c["registry_targeted"] == c["serve_model"], c
     assert c["serve_snapshot"] == c["snapshot_version"], c
+    assert c["targeted_warm_started_from"] == c["registry_universal"], c
 
     # steady load through the proxies, a replica's node killed: every request answered (with retries)
     assert out["killed_serve_host"] in RAY_NODES[1:], out["replica_hosts"]

@@ -278,6 +278,10 @@ def run_scenario(cluster: LocalCluster, work: Path, link_down_s: float = 20.0,
     began = time.time()
     proc = start_driver(cluster, [job("universal"), "--config", str(config_path), "--full"], logs / "universal.log")
     wait_checkpoint(storage, began, 600, proc)
+    # Ray Train registers a reported checkpoint once its controller has polled every worker's
+    # report (about once a second): a kill right after the first checkpoint file appears can beat
+    # that, and the run then restarts from scratch. Let a few epochs register first.
+    time.sleep(6)
     hosts = actor_hosts(cluster, "RayTrainWorker")
     out["train_worker_hosts"] = hosts
     out["train_worker_nodes"] = len(set(hosts))
@@ -337,7 +341,7 @@ def run_scenario(cluster: LocalCluster, work: Path, link_down_s: float = 20.0,
         "snapshot_version": snapshot.version, "snapshot_model": snapshot.manifest["model_version"],
         "registry_targeted": targeted.ref, "serve_snapshot": version.get("snapshot_version"),
         "serve_model": version.get("model_version"),
-        "universal_parent_of_targeted": targeted.metadata.get("parent"),
+        "targeted_warm_started_from": targeted.metadata.get("warm_started_from"),
         "registry_universal": registry.latest("universal").ref,
     }
     return out
