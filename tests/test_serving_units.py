@@ -170,9 +170,8 @@ def test_serve_yaml_is_a_valid_serve_config_for_this_app():
     AppArgs.model_validate(application.args)
     cfg = resolve_config({**application.args, "root": "/tmp/x"})
     assert cfg.storage.root == "/tmp/x"
-    # every deployment the file configures exists in the app the args build
-    names = {d.name for d in application.deployments}
-    assert names == ({"Recall"} if cfg.serve.topology == "single" else {"Ingress", "Recall"})
+    # one source of Serve scaling: the platform config (serve.recall / serve.ingress), never the file
+    assert not application.deployments, "configs/serve.yaml must not set deployments (replicas: serve.recall)"
 
 
 def test_recent_feed_counts_bad_records_and_filters_actions():

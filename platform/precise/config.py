@@ -35,6 +35,9 @@ class KafkaConfig(Section):
     items_topic: str = "item-catalog"  # item catalogue, key = item id, compacted
     dead_letter_topic: str = "behavior-events.dlq"  # rejected records, with the reason
     partitions: int = Field(4, ge=1, le=1024)  # of the events and items topics when the platform creates them
+    # copies of every partition of the topics the platform creates (3 on a real cluster, with the
+    # brokers' min.insync.replicas=2 and the producer's acks=all: a broker may die, nothing is lost)
+    replication_factor: int = Field(1, ge=1, le=16)
     # Passed through to every client (kafka-python names), e.g. security_protocol, sasl_mechanism,
     # sasl_plain_username, ssl_cafile: how to point the platform at an existing secured cluster.
     client_options: dict[str, Any] = Field(default_factory=dict)

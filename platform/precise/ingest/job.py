@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from precise.config import PreciseConfig
@@ -25,18 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def connect_ray() -> None:
-    """Join the Ray cluster (RAY_ADDRESS, as set by `ray job submit`), or start a local one.
-
-    Ray workers import `precise` from the code this driver runs (`py_modules`), not from whatever
-    copy happens to be installed on the nodes.
-    """
+    """Join the Ray cluster with the platform's code shipped to the workers (precise.runtime), and
+    quiet Ray Data's progress output."""
     import ray
 
-    if not ray.is_initialized():
-        import precise
+    from precise.runtime import connect_ray as join
 
-        ray.init(runtime_env={"py_modules": [str(Path(precise.__file__).parent)]},
-                 logging_level=logging.WARNING)
+    join()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

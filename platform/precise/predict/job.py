@@ -30,6 +30,7 @@ from precise.metrics import best_effort
 from precise.metrics.predict import snapshot_published
 from precise.predict.embedder import REGISTRY_EMBEDDER, load_embedder, set_thread_counts
 from precise.predict.index import index_builder
+from precise.runtime import connect_ray
 from precise.store.lake import read_items
 from precise.store.sequences import read_sequences
 from precise.store.snapshots import SnapshotError, SnapshotRef, SnapshotStore
@@ -169,8 +170,7 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
         raise PredictError("predict.items_from is parquet but predict.items_path is not set")
     if p.users_from == "parquet" and not p.sequences_path:
         raise PredictError("predict.users_from is parquet but predict.sequences_path is not set")
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()  # ships this `precise` to the embedding actors (precise.runtime)
     store = SnapshotStore(cfg.storage.resolved_root(), p.task)
     embedder, rules = sequence_rules_of(cfg, {"import_path": p.embedder.import_path, "kwargs": p.embedder.kwargs})
     actor = {"compute": ray.data.ActorPoolStrategy(size=p.num_actors), "batch_size": p.batch_size,

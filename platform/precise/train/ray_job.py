@@ -27,11 +27,12 @@ from safetensors.torch import load_file, save_file
 from precise.config import PreciseConfig
 from precise.metrics import best_effort
 from precise.metrics.train import epoch_finished, model_registered
+from precise.runtime import connect_ray
 from precise.store.registry import ModelRegistry, ModelVersion
 from precise.train import recipe
 from precise.train.recipe import Progress, Resume, Start, TrainingError
 
-__all__ = ["TrainingError", "TrainingFailed", "TrainingRun", "run_training"]
+__all__ = ["TrainingError", "TrainingFailed", "TrainingRun", "run_training", "scaling_config"]
 
 
 class TrainingFailed(TrainingError):
@@ -120,6 +121,16 @@ class TrainingRun:
         return {"model": self.version.ref, "seconds": round(self.seconds, 1), **self.metrics}
 
 
+def scaling_config(config: PreciseConfig, num_workers: int | None = None) -> Any:
+    """Ray Train's ScalingConfig from `training`: num_workers (or the override), cpus_per_worker
+    and use_gpu (one GPU per worker; DDP over nccl then)."""
+    from ray.train import ScalingConfig
+
+    t = config.training
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    return ScalingConfig(num_workers=num_workers or t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
+
+
 def _start(kind: str, full: bool, warm_start: bool) -> Start:
     if kind == "universal":
         return "scratch" if full else "parent"
@@ -135,13 +146,12 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
     warm-started from the LATEST universal version (`warm_start=False`: continue the LATEST
     targeted version). `start` overrides both (see `recipe.Start`)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     began = time.monotonic()
     t = config.training
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()  # ships this `precise` to the Ray Train workers (precise.runtime)
     registry = ModelRegistry(config.storage.resolved_root())
     setup = recipe.setup(config, kind, start=start or _start(kind, full, warm_start), until_ts=until_ts,
                          registry=registry)
@@ -151,11 +161,10 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
     print(f"[{kind}/{setup.payload.label}] {setup.data_window['samples']} samples, "
           f"{setup.data_window['valid_users']} validation users, {len(setup.items)} items; {workers} worker(s)",
           file=sys.stderr, flush=True)
-    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"payload": ray.put(setup.payload), "threads": t.threads_per_worker, "use_gpu": t.use_gpu},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        scaling_config=scaling_config(config, workers),
         run_config=RunConfig(name=run_name, storage_path=storage_path or str(Path(root) / "ray_results"),
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
