@@ -351,6 +351,11 @@ class ServeConfig(Section):
     recent_max_bytes: int = Field(1 << 30, ge=1 << 16)
     recent_actions: list[str] | None = None  # only these actions count (None: all)
     recent_backfill_per_partition: int = Field(100_000, ge=0)  # records re-read at start-up
+    # U2I / user embeddings for a user in the snapshot: snapshot = the stored (daily) vector;
+    # realtime = the snapshot's sequence tail of the user plus their live events since, embedded
+    # with the snapshot's model, cached until the user's next event
+    user_vector_mode: Literal["snapshot", "realtime"] = "snapshot"
+    realtime_cache_users: int = Field(100_000, ge=1)  # real-time vectors kept per replica (LRU)
     # Embedders are imported by the path a snapshot's manifest names: only from these packages.
     embedder_allowed_prefixes: list[str] = Field(default_factory=lambda: ["precise."])
     ingress: DeploymentScaling = Field(default_factory=lambda: DeploymentScaling(max_ongoing_requests=256))
