@@ -52,6 +52,7 @@ from precise.metrics import best_effort
 from precise.metrics.serve import ServeMetrics
 from precise.predict.embedder import set_thread_counts
 from precise.serving.edge import OPEN_PATHS, EdgeGuard, EdgeSettings, TokenBucket, is_loopback, required_token
+from precise.serving.realtime import RealtimeUsers
 from precise.serving.recall import VectorError, fetch_size, merge_u2i2i, rank_u2i, require_finite
 from precise.serving.recent import RecentItems
 from precise.serving.schemas import (
@@ -119,6 +120,7 @@ class RecallCore:
         # to another deployment on every request (exclude_seen is on by default).
         self.recent = RecentItems(max_users=s.recent_max_users, per_user=s.recent_items,
                                   max_bytes=s.recent_max_bytes)
+        self.realtime = RealtimeUsers(self.recent, s.realtime_cache_users)
         self.cold_text = TokenBucket(s.cold_text_rate_per_s, s.cold_text_burst)
         self.feed: KafkaRecentFeed | None = None
         if s.recent_enabled:
@@ -178,24 +180,46 @@ class RecallCore:
     def _recent(self, user_id: str) -> list[str]:
         return self.recent.get(user_id)  # most recent first
 
+    async def _realtime_vector(self, snapshot: ServedSnapshot, user_id: str) -> tuple[np.ndarray | None, int]:
+        """(the user's real-time vector, live events it saw) with the snapshot's own model; (None, 0)
+        when the user has no live events since the snapshot (the stored vector is current)."""
+        live, newest = self.realtime.live(snapshot, user_id)
+        live = [i for i in live if i in snapshot.item_row]  # the model embeds only what it knows
+        if not live:
+            return None, 0
+        vector = self.realtime.cached(snapshot, user_id, live, newest)
+        if vector is None:
+            sequence = self.realtime.sequence(snapshot, user_id, live)
+            vector, _ = await asyncio.to_thread(snapshot.embed_sequence, sequence)
+            require_finite(vector, f"the real-time vector of user {user_id!r} {_computed(snapshot)}")
+            self.realtime.store(snapshot, user_id, live, newest, vector)
+        return vector, len(live)
+
     async def _query_vector(self, snapshot: ServedSnapshot, q: dict[str, Any],
-                            recent: list[str] | None) -> tuple[np.ndarray, str, list[str]]:
-        """(normalised, finite query vector, how it was obtained, ignored ids) for a user or a sequence."""
+                            recent: list[str] | None) -> tuple[np.ndarray, str, list[str], int | None]:
+        """(normalised, finite query vector, how it was obtained, ignored ids, live events seen in
+        realtime mode) for a user or a sequence."""
         user_id = q.get("user_id")
         if user_id is not None:
             vector = snapshot.user_vector(user_id)
+            if vector is not None and self.cfg.user_vector_mode == "realtime":
+                live_vector, live_events = await self._realtime_vector(snapshot, user_id)
+                if live_vector is not None:
+                    return live_vector, "realtime", [], live_events
+                return require_finite(vector, f"the stored vector of user {user_id!r} {_stored(snapshot)}"), \
+                    "user_vector", [], 0
             if vector is not None:
                 return require_finite(vector, f"the stored vector of user {user_id!r} {_stored(snapshot)}"), \
-                    "user_vector", []
+                    "user_vector", [], None
             if not recent:  # a user newer than the user snapshot: embed their live recent items
                 raise NotFoundError(f"user {user_id!r} is not in snapshot {snapshot.version} "
                                     f"and has no recent events")
             vector, _ = await asyncio.to_thread(snapshot.embed_sequence, list(reversed(recent)))
             what = f"the vector computed from the sequence of user {user_id!r}'s recent items {_computed(snapshot)}"
-            return require_finite(vector, what), "sequence", []
+            return require_finite(vector, what), "sequence", [], None
         vector, ignored = await asyncio.to_thread(snapshot.embed_sequence, q["item_ids"])
         return require_finite(vector, f"the vector computed from the sequence {_computed(snapshot)}"), \
-            "sequence", ignored
+            "sequence", ignored, None
 
     @_domain_errors
     async def user_embedding(self, q: dict[str, Any]) -> dict[str, Any]:
@@ -205,10 +229,11 @@ class RecallCore:
         recent = None
         if q.get("user_id") is not None and snapshot.user_vector(q["user_id"]) is None:
             recent = self._recent(q["user_id"])
-        vector, how, ignored = await self._query_vector(snapshot, q, recent)
+        vector, how, ignored, live_events = await self._query_vector(snapshot, q, recent)
         return {**snapshot.versions(), "vector": vector.tolist(), "dim": snapshot.dim,
                 "source": "snapshot" if how == "user_vector" else "realtime", "user_id": q.get("user_id"),
-                "ignored_item_ids": ignored}
+                "ignored_item_ids": ignored, "user_vector_mode": self.cfg.user_vector_mode,
+                "live_events": live_events}
 
     @_domain_errors
     async def item_embedding(self, q: dict[str, Any]) -> dict[str, Any]:
@@ -249,12 +274,13 @@ class RecallCore:
         recent: list[str] = []
         if user_id is not None and (q["exclude_seen"] or snapshot.user_vector(user_id) is None):
             recent = self._recent(user_id)
-        vector, how, _ = await self._query_vector(snapshot, q, recent)
+        vector, how, _, live_events = await self._query_vector(snapshot, q, recent)
         exclude = set(recent if user_id is not None else q["item_ids"]) if q["exclude_seen"] else set()
         scores, ids = await self._search_batch((snapshot, vector[None, :],
                                                 fetch_size(k, len(exclude), snapshot.index.ntotal)))
         hits = rank_u2i(snapshot.item_ids, scores[0], ids[0], k, exclude)
-        return {**snapshot.versions(), "items": hits, "k": k, "query": how}
+        return {**snapshot.versions(), "items": hits, "k": k, "query": how,
+                "user_vector_mode": self.cfg.user_vector_mode, "live_events": live_events}
 
     @_domain_errors
     async def u2i2i(self, q: dict[str, Any]) -> dict[str, Any]:

@@ -109,3 +109,20 @@ def test_the_gate_publishes_the_universal_model_when_targeted_training_loses(kaf
     snapshot = SnapshotStore(tmp_path, "gate").latest()
     assert snapshot.manifest["model_version"] == "universal/000001"
     assert snapshot.manifest["sequence_rules"]["family"] == "all"  # the universal model's own users
+
+
+def test_item_cycle_boundary_is_the_newest_since_the_last_cycle(tmp_path):
+    from precise.pipeline.orchestrator import Pipeline
+
+    hour = 3_600_000
+    config = PreciseConfig.model_validate({"storage": {"root": str(tmp_path)}})
+    assert config.pipeline.item_cycle_s == 3_600
+    pipeline = Pipeline(config)
+    events = pd.DataFrame({"item_id": ["a", "b"], "ts": [DAY - 5, DAY + 3 * hour + 7], "action": ["rate"] * 2})
+    assert pipeline.item_boundary(events, {"done_boundaries": []}) is None  # no full cycle yet
+    assert pipeline.item_boundary(events, {"done_boundaries": [DAY]}) == DAY + 3 * hour
+    assert pipeline.item_boundary(events, {"done_boundaries": [DAY], "item_boundaries": [DAY + 3 * hour]}) is None
+    assert pipeline.item_boundary(events, {"done_boundaries": [DAY + 3 * hour]}) is None
+    off = Pipeline(PreciseConfig.model_validate({"storage": {"root": str(tmp_path)},
+                                                 "pipeline": {"item_cycle_s": 0}}))
+    assert off.item_boundary(events, {"done_boundaries": [DAY]}) is None

@@ -407,6 +407,9 @@ def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
     assert manifest["num_users"] == len(HISTORY)  # users from the lake's sequences of the stream
     assert manifest["sources"]["items_from"] == "lake" and manifest["sources"]["users_from"] == "lake"
     assert manifest["sequence_rules"]["family"] == "all"
+    from precise.store.snapshots import read_user_tails
+
+    assert read_user_tails(result.snapshot) == HISTORY  # the tails real-time serving extends
     all_version = result.snapshot.version
     service.wait_for_version(all_version)
 
@@ -416,17 +419,22 @@ def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
         producer.send_item({"item_id": "cold-1", "text": cold_text, "created_ts": NOW_MS})
         producer.flush()
     IngestJob(cfg).run_once()
-    result = run_predict(cfg, cycle="items")
-    assert result.users_reused_from == all_version and result.items == 401
-    service.wait_for_version(result.snapshot.version)
+    # the orchestrator's item cycle: the catalogue with the model of LATEST, its users reused
+    from precise.pipeline.orchestrator import Pipeline
+
+    summary = Pipeline(cfg).run_item_cycle(boundary=0)
+    assert summary["users_reused_from"] == all_version and summary["items"] == 401
+    assert summary["model_version"] == manifest["model_version"]
+    service.wait_for_version(summary["version"])
 
     got = service.post("/v1/embeddings/items", {"item_id": "cold-1"}).json()
+    assert got["model_version"] == manifest["model_version"] and got["snapshot_version"] == summary["version"]
     cold = normalize(HashingTextEncoder(DIM).encode(cold_text))
     assert got["source"] == "snapshot" and np.allclose(got["vector"], cold, atol=1e-5)
     # the user closest to the new item gets it in U2I, exactly where brute force puts it
     from precise.store.snapshots import SnapshotStore, read_items, read_users
 
-    ref = SnapshotStore(service.root, TASK).get(result.snapshot.version)
+    ref = SnapshotStore(service.root, TASK).get(summary["version"])
     item_ids, items = read_items(ref)
     user_ids, users = read_users(ref)
     best_user = int(np.argmax(users @ cold))

@@ -246,6 +246,10 @@ class PipelineConfig(Section):
     # new universal model (used directly) on the target task's validation (the serving gate)
     publish: Literal["auto", "targeted", "universal"] = "auto"
     poll_interval_s: float = Field(10.0, gt=0)  # --follow: wait between ingest polls
+    # item cycles between full cycles, every this much event time (0: none): the item catalogue is
+    # re-embedded with the served snapshot's model and published with its user vectors reused, so
+    # new items are searchable within this period instead of the next full cycle
+    item_cycle_s: float = Field(3_600.0, ge=0)
 
 
 class EmbedderConfig(Section):
@@ -354,6 +358,11 @@ class ServeConfig(Section):
     recent_max_bytes: int = Field(1 << 30, ge=1 << 16)
     recent_actions: list[str] | None = None  # only these actions count (None: all)
     recent_backfill_per_partition: int = Field(100_000, ge=0)  # records re-read at start-up
+    # U2I / user embeddings for a user in the snapshot: snapshot = the stored (daily) vector;
+    # realtime = the snapshot's sequence tail of the user plus their live events since, embedded
+    # with the snapshot's model, cached until the user's next event
+    user_vector_mode: Literal["snapshot", "realtime"] = "snapshot"
+    realtime_cache_users: int = Field(100_000, ge=1)  # real-time vectors kept per replica (LRU)
     # Embedders are imported by the path a snapshot's manifest names: only from these packages.
     embedder_allowed_prefixes: list[str] = Field(default_factory=lambda: ["precise."])
     ingress: DeploymentScaling = Field(default_factory=lambda: DeploymentScaling(max_ongoing_requests=256))

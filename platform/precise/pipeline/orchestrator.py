@@ -73,6 +73,26 @@ class Pipeline:
         start = (first // period + self.settings.warmup_cycles) * period
         return list(range(start, watermark + 1, period))
 
+    def item_boundary(self, events: Any, state: dict[str, Any]) -> int | None:
+        """The newest item-cycle boundary (a multiple of `item_cycle_s`) the watermark has passed
+        since the last full or item cycle, or None. Only the newest matters: an item cycle embeds
+        the catalogue as it is now, so boundaries skipped while catching up need no cycle of their own."""
+        if events.empty or not self.settings.item_cycle_s or not self.settings.predict or not state["done_boundaries"]:
+            return None
+        period = int(self.settings.item_cycle_s * 1000)
+        newest = int(events["ts"].max()) // period * period
+        last = max(state["done_boundaries"][-1], *(state.get("item_boundaries") or [0]))
+        return newest if newest > last else None
+
+    def run_item_cycle(self, boundary: int) -> dict[str, Any] | None:
+        from precise.predict.publish import publish_items
+
+        started = time.monotonic()
+        snapshot = publish_items(self.config)
+        log.info("item cycle at %d: %s in %.0f s", boundary, snapshot and snapshot["version"],
+                 time.monotonic() - started)
+        return snapshot
+
     # -- one cycle -------------------------------------------------------------------------
 
     def run_cycle(self, number: int, boundary: int, events: Any) -> CycleReport:
@@ -133,6 +153,12 @@ class Pipeline:
                 trained += 1
                 best_effort(cycle_finished, report.mode, self.config.training.target, report.seconds, report.exposure)
                 log.info("cycle %d done in %.0f s", report.cycle, report.seconds)
+            state = self.state()
+            item_boundary = None if self.stop.is_set() else self.item_boundary(events, state)
+            if item_boundary is not None:
+                self.run_item_cycle(item_boundary)
+                state.setdefault("item_boundaries", []).append(item_boundary)
+                self.records.save_state(state)
             if not follow or (self.settings.max_cycles and trained >= self.settings.max_cycles):
                 break
             self.stop.wait(self.settings.poll_interval_s)

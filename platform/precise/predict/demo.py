@@ -34,8 +34,12 @@ def random_vectors(users: int, items: int, dim: int, seed: int) -> tuple[np.ndar
 
 
 def publish_random_snapshot(root: str | Path, task: str, *, users: int, items: int, dim: int, seed: int,
-                            model_version: str, index: IndexConfig | None = None) -> tuple[SnapshotRef, RandomVectors]:
-    """Write a TableEmbedder table and publish a snapshot of `users` x `items` random vectors."""
+                            model_version: str, index: IndexConfig | None = None,
+                            tails: dict[str, list[str]] | None = None,
+                            sequences_until_ms: int | None = None) -> tuple[SnapshotRef, RandomVectors]:
+    """Write a TableEmbedder table and publish a snapshot of `users` x `items` random vectors;
+    `tails` (user -> sequence tail) are stored for real-time serving, events after
+    `sequences_until_ms` count as live (default: the publishing time)."""
     user_vectors, item_vectors = random_vectors(users, items, dim, seed)
     user_ids = [f"u{n}" for n in range(users)]
     item_ids = [f"i{n}" for n in range(items)]
@@ -45,12 +49,16 @@ def publish_random_snapshot(root: str | Path, task: str, *, users: int, items: i
     store = SnapshotStore(root, task)
     with store.writer() as writer:
         writer.write_items(item_ids, item_vectors)
-        writer.write_users(user_ids, user_vectors)
+        writer.write_users(user_ids, user_vectors,
+                           tails=None if tails is None else [tails.get(u, []) for u in user_ids])
+        extra: dict = {"sources": {"random_seed": seed}, "sequence_rules": {"max_len": 50}}
+        if sequences_until_ms is not None:
+            extra["sequences_until_ms"] = sequences_until_ms
         ref = writer.publish(model_version=model_version,
                              embedder={"import_path": "precise.predict.embedders:TableEmbedder",
                                        "kwargs": {"items_path": str(table), "model_version": model_version}},
                              build_index=index_builder(index or IndexConfig()),
-                             extra={"sources": {"random_seed": seed}})
+                             extra=extra)
     return ref, RandomVectors(user_ids, normalize(user_vectors), item_ids, normalize(item_vectors), table)
 
 

@@ -33,7 +33,7 @@ from precise.predict.index import index_builder
 from precise.runtime import connect_ray
 from precise.store.lake import read_items
 from precise.store.sequences import read_sequences
-from precise.store.snapshots import SnapshotError, SnapshotRef, SnapshotStore
+from precise.store.snapshots import TAIL, SnapshotError, SnapshotRef, SnapshotStore
 from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 
 log = logging.getLogger(__name__)
@@ -202,13 +202,19 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
                 # One pass; blocks come back one at a time and are written as they arrive, so the
                 # driver never holds every user vector (one Ray Data execution, no extra passes).
                 refs = ray.data.from_arrow(sequences).map_batches(UserEmbedActor, **actor).to_arrow_refs()
+                # each user's tail goes into the snapshot next to its vector: real-time serving
+                # extends it with the user's live events (serve.user_vector_mode: realtime)
+                tail_of = dict(zip(sequences.column("user_id").to_pylist(),
+                                   sequences.column("item_ids").to_pylist(), strict=True))
                 embedded = 0
                 for part, block_ref in enumerate(refs):
                     block = ray.get(block_ref)
                     version = _single_model_version(block, "users")
                     if version not in (None, model_version):
                         raise PredictError(f"users embedded by model {version}, items by {model_version}")
-                    writer.write_user_part(block.select(["user_id", "vector"]), part)
+                    users = block.select(["user_id", "vector"])
+                    tails = [tail_of[u] for u in users.column("user_id").to_pylist()]
+                    writer.write_user_part(users.append_column(TAIL, pa.array(tails, pa.list_(pa.string()))), part)
                     embedded += block.num_rows
                 users_skipped = sequences.num_rows - embedded
         try:

@@ -91,6 +91,17 @@ class RecentItems:
             newest_first = entry[1][::-1]
         return newest_first[:limit] if limit else newest_first
 
+    def since(self, user_id: str, after_ts: int) -> tuple[list[str], int]:
+        """(the user's items with an event time after `after_ts`, oldest first; the newest event
+        time, 0 if none): what a real-time vector adds to the snapshot's sequence tail."""
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None:
+                return [], 0
+            times, items = entry
+            at = bisect.bisect_right(times, after_ts)
+            return items[at:], (times[-1] if at < len(times) else 0)
+
     def __len__(self) -> int:
         return len(self._users)
 

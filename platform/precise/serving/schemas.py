@@ -72,6 +72,10 @@ class VectorResponse(Versioned):
     user_id: str | None = None
     item_id: str | None = None
     ignored_item_ids: list[str] = Field(default_factory=list, description="ids unknown to the snapshot")
+    user_vector_mode: Literal["snapshot", "realtime"] | None = Field(
+        None, description="the replica's serve.user_vector_mode")
+    live_events: int | None = Field(
+        None, description="realtime mode, a user in the snapshot: live events since the snapshot the vector saw")
 
 
 class Hit(BaseModel):
@@ -83,10 +87,15 @@ class Hit(BaseModel):
 class RecallResponse(Versioned):
     items: list[Hit]
     k: int
-    query: Literal["user_vector", "sequence", "recent_items"] = Field(
-        description="user_vector: the stored user vector; sequence: a vector computed from item ids; "
+    query: Literal["user_vector", "realtime", "sequence", "recent_items"] = Field(
+        description="user_vector: the stored user vector; realtime: the snapshot's sequence tail of the "
+                    "user plus their live events, embedded now; sequence: a vector computed from item ids; "
                     "recent_items: neighbours of recent items (U2I2I)")
     seeds: list[str] | None = None
+    user_vector_mode: Literal["snapshot", "realtime"] | None = Field(
+        None, description="the replica's serve.user_vector_mode")
+    live_events: int | None = Field(
+        None, description="realtime mode, a user in the snapshot: live events since the snapshot the vector saw")
 
 
 class IndexDescription(BaseModel):

@@ -17,7 +17,15 @@ import numpy as np
 
 from precise.predict.embedder import Embedder, load_embedder
 from precise.predict.index import search
-from precise.store.snapshots import IndexInfo, SnapshotError, SnapshotRef, read_index, read_items, read_users
+from precise.store.snapshots import (
+    IndexInfo,
+    SnapshotError,
+    SnapshotRef,
+    read_index,
+    read_items,
+    read_user_tails,
+    read_users,
+)
 from precise.vectors import normalize
 
 
@@ -39,6 +47,8 @@ class ServedSnapshot:
     embedder: Embedder
     item_row: dict[str, int] = field(repr=False)
     user_row: dict[str, int] = field(repr=False)
+    # user -> sequence tail (oldest first) the stored vector came from; {} for snapshots without
+    user_tails: dict[str, list[str]] = field(default_factory=dict, repr=False)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -51,6 +61,17 @@ class ServedSnapshot:
     def user_vector(self, user_id: str) -> np.ndarray | None:
         row = self.user_row.get(user_id)
         return None if row is None else self.user_vectors[row]
+
+    @property
+    def live_after_ms(self) -> int:
+        """Events after this event time (ms) are not in the snapshot's sequences: they are live."""
+        m = self.manifest
+        return int(m["sequences_until_ms"]) if m.get("sequences_until_ms") is not None else int(m["created_ts"] * 1000)
+
+    @property
+    def max_len(self) -> int:
+        """The model's sequence length (its sequence rules); the longest sequence worth embedding."""
+        return int((self.manifest.get("sequence_rules") or {}).get("max_len") or 50)
 
     def item_vector(self, item_id: str) -> np.ndarray | None:
         row = self.item_row.get(item_id)
@@ -119,5 +140,5 @@ def load_served_snapshot(ref: SnapshotRef, allowed_prefixes: list[str] | None = 
         task=ref.task, version=ref.version, model_version=m["model_version"], manifest=m,
         item_ids=item_ids, item_vectors=item_vectors, user_vectors=user_vectors, index=index,
         index_info=info, embedder=embedder, item_row={i: n for n, i in enumerate(item_ids)},
-        user_row={u: n for n, u in enumerate(user_ids)},
+        user_row={u: n for n, u in enumerate(user_ids)}, user_tails=read_user_tails(ref),
     )

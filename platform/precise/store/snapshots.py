@@ -41,6 +41,7 @@ from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 FORMAT = 1
 MANIFEST, LATEST, PIN, INDEX, USERS = "manifest.json", "LATEST", "PIN", "index.faiss", "users"
 ITEMS, ITEM_ID_MAP = "items.parquet", "item_id_map.parquet"
+TAIL = "tail"  # the users' column of sequence tails
 
 
 @dataclass
@@ -199,14 +200,21 @@ class SnapshotWriter:
         pq.write_table(pa.table({"faiss_id": pa.array(np.arange(len(item_ids), dtype=np.int64)),
                                  "item_id": pa.array(self._item_ids, pa.string())}), self.staging / ITEM_ID_MAP)
 
-    def write_users(self, user_ids: list[str], vectors: np.ndarray, part: int = 0) -> None:
+    def write_users(self, user_ids: list[str], vectors: np.ndarray, part: int = 0,
+                    tails: list[list[str]] | None = None) -> None:
+        """`tails`: each user's sequence tail (item ids, oldest first, read with the model's
+        sequence rules), which real-time serving extends with the user's live events."""
         _check_rows("user", user_ids, vectors)
-        pq.write_table(pa.table({"user_id": pa.array(list(user_ids), pa.string()),
-                                 "vector": vectors_to_arrow(normalize(vectors))}),
-                       self.users_dir / f"part-{part:05d}.parquet")
+        columns = {"user_id": pa.array(list(user_ids), pa.string()), "vector": vectors_to_arrow(normalize(vectors))}
+        if tails is not None:
+            if len(tails) != len(user_ids):
+                raise SnapshotError(f"{len(user_ids)} users but {len(tails)} sequence tails")
+            columns[TAIL] = pa.array([list(t) for t in tails], pa.list_(pa.string()))
+        pq.write_table(pa.table(columns), self.users_dir / f"part-{part:05d}.parquet")
 
     def write_user_part(self, table: pa.Table, part: int) -> None:
-        """One part of the users from a batch job: `user_id` and already normalised `vector`."""
+        """One part of the users from a batch job: `user_id`, already normalised `vector` and
+        optionally `tail` (the sequence tail the vector was computed from)."""
         if table.num_rows:
             if not np.isfinite(vectors_from_arrow(table.column("vector"))).all():
                 raise SnapshotError("user vectors contain NaN or infinity")
@@ -297,6 +305,17 @@ def read_users(ref: SnapshotRef) -> tuple[list[str], np.ndarray]:
         return [], np.zeros((0, int(ref.manifest["dim"])), dtype=np.float32)
     table = pa.concat_tables([pq.read_table(p, columns=["user_id", "vector"]) for p in files])
     return table.column("user_id").to_pylist(), vectors_from_arrow(table.column("vector"))
+
+
+def read_user_tails(ref: SnapshotRef) -> dict[str, list[str]]:
+    """user -> sequence tail (oldest first) for snapshots that store them; {} for older ones."""
+    tails: dict[str, list[str]] = {}
+    for path in sorted((ref.path / USERS).glob("*.parquet")):
+        if TAIL not in pq.ParquetFile(path).schema_arrow.names:
+            continue
+        table = pq.read_table(path, columns=["user_id", TAIL])
+        tails.update(zip(table.column("user_id").to_pylist(), table.column(TAIL).to_pylist(), strict=True))
+    return tails
 
 
 def read_index(ref: SnapshotRef) -> tuple[faiss.Index, IndexInfo]:

@@ -1,0 +1,55 @@
+"""Real-time user vectors without Serve: the snapshot stores sequence tails, the live events after
+the snapshot extend them, the snapshot's own embedder embeds the result, the cache holds it until
+the user's next event."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from precise.predict.demo import publish_random_snapshot
+from precise.predict.embedders import TableEmbedder
+from precise.serving.realtime import RealtimeUsers, live_sequence
+from precise.serving.recent import RecentItems
+from precise.serving.state import load_served_snapshot
+from precise.store.snapshots import read_user_tails
+from precise.vectors import normalize
+
+
+def test_recent_items_since_returns_only_later_events_oldest_first():
+    recent = RecentItems(max_users=10, per_user=10)
+    for n, item in enumerate(["a", "b", "c", "d"]):
+        recent.add("u", item, 100 + n)
+    assert recent.since("u", 101) == (["c", "d"], 103)
+    assert recent.since("u", 103) == ([], 0)
+    assert recent.since("nobody", 0) == ([], 0)
+
+
+def test_live_sequence_moves_repeated_items_to_the_end_and_keeps_max_len():
+    assert live_sequence(["a", "b", "c"], ["b", "x"], 10) == ["a", "c", "b", "x"]
+    assert live_sequence(["a", "b", "c"], ["x", "y"], 3) == ["c", "x", "y"]
+
+
+def test_snapshot_tails_are_stored_and_extended_with_live_events(tmp_path):
+    tails = {"u0": ["i1", "i2", "i3"], "u1": ["i4"]}
+    ref, vecs = publish_random_snapshot(tmp_path, "t", users=5, items=50, dim=8, seed=3, model_version="m-1",
+                                        tails=tails, sequences_until_ms=1_000)
+    assert read_user_tails(ref) == {**{f"u{n}": [] for n in range(5)}, **tails}
+    snapshot = load_served_snapshot(ref)
+    assert snapshot.live_after_ms == 1_000 and snapshot.user_tails["u0"] == tails["u0"]
+    recent = RecentItems(max_users=10, per_user=10)
+    recent.add("u0", "i2", 900)  # before the snapshot: already in its tail, not live
+    recent.add("u0", "i7", 1_500)
+    rt = RealtimeUsers(recent)
+    live, newest = rt.live(snapshot, "u0")
+    assert (live, newest) == (["i7"], 1_500)
+    sequence = rt.sequence(snapshot, "u0", live)
+    assert sequence == ["i1", "i2", "i3", "i7"]
+    vector, _ = snapshot.embed_sequence(sequence)
+    want = normalize(TableEmbedder(str(vecs.table_path), model_version="m-1").embed_user_sequence(sequence))
+    assert np.allclose(vector, want, atol=1e-6)
+    assert rt.cached(snapshot, "u0", live, newest) is None
+    rt.store(snapshot, "u0", live, newest, vector)
+    assert rt.cached(snapshot, "u0", live, newest) is vector
+    recent.add("u0", "i8", 1_600)  # the next event invalidates the cached vector
+    live, newest = rt.live(snapshot, "u0")
+    assert live == ["i7", "i8"] and rt.cached(snapshot, "u0", live, newest) is None
