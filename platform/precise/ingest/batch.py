@@ -78,6 +78,8 @@ class BatchResult:
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
     latency_s: float = 0.0
     dead_letter_kinds: dict[tuple[str, str], int] = field(default_factory=dict)
+    retention_gaps: dict[str, int] = field(default_factory=dict)  # per topic: offsets lost to retention
+    dead_letter_publish_failures: int = 0  # rejects not copied to the dead-letter topic (they are in the lake)
     files: int = 0  # lake files written
     read_s: float = 0.0  # of latency_s: Kafka read + validation (Ray Data)
     write_s: float = 0.0  # of latency_s: dedupe, files, dead-letter topic, items, ledger
@@ -110,6 +112,7 @@ class Ingestor:
         self._publisher: DeadLetterPublisher | None = None
         self._lock: Any = None
         self._dirty = True  # the lake may hold uncommitted files: clean before the next write
+        self._gaps: dict[tuple[str, int], tuple[int, int]] = {}  # retention gaps the planned batch skips
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -197,6 +200,11 @@ class Ingestor:
             try:
                 self.metrics.committed({self.kafka.events_topic: result.events, self.kafka.items_topic: result.items},
                                        result.dead_letter_kinds, result.lag, result.latency_s, result.records > 0)
+                for topic, n in result.retention_gaps.items():
+                    self.metrics.retention_gap(topic, n)
+                if result.dead_letter_publish_failures:
+                    self.metrics.dead_letter_publish_failed(self.kafka.dead_letter_topic,
+                                                            result.dead_letter_publish_failures)
             except Exception:  # metrics are best effort; the batch is committed
                 log.exception("recording ingest metrics failed")
         return result
@@ -208,6 +216,7 @@ class Ingestor:
     def _plan(self, marks: dict[str, dict[int, tuple[int, int]]], until: dict[str, dict[int, int]] | None
               ) -> list[PartitionRange]:
         ranges = []
+        self._gaps = {}
         for topic, parts in marks.items():
             capped = topic == self.kafka.events_topic  # the compacted item topic is read to its end
             for partition, (low, high) in parts.items():
@@ -220,6 +229,8 @@ class Ingestor:
                     if start is not None:
                         log.error("%s[%d]: offsets %d..%d were deleted by Kafka retention before ingestion",
                                   topic, partition, start, low)
+                        # recorded in the ledger (and counted) by the batch that moves past them
+                        self._gaps[(topic, partition)] = (start, low)
                     start = low
                 end = high
                 if until is not None:
@@ -269,7 +280,8 @@ class Ingestor:
             validate_records, batch_format="pyarrow", batch_size=None, num_cpus=self.settings.read_num_cpus,
             fn_kwargs={"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
                        "allowed_actions": self.allowed_actions,
-                       "max_payload_bytes": self.settings.max_payload_bytes},
+                       "max_payload_bytes": self.settings.max_payload_bytes,
+                       "max_event_time_ahead_s": self.settings.max_event_time_ahead_s},
         )
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         if not tables:
@@ -321,17 +333,20 @@ class Ingestor:
             if files == 1:
                 self.faults.hit("mid_write")
         dead_letters = _dead_letter_table(rejected, now)
+        to_publish: list[dict[str, Any]] = []
         for (topic, part), (start, stop) in covered.items():
             rows = dead_letters.filter(pc.and_(pc.equal(dead_letters.column("topic"), topic),
                                                pc.equal(dead_letters.column("partition"), part)))
             if rows.num_rows:
-                self.storage.write_parquet(self.layout.dead_letter_file(topic, part, start, stop), rows,
-                                           durable=False)
+                path = self.layout.dead_letter_file(topic, part, start, stop)
+                self.storage.write_parquet(path, rows, durable=False)
                 files += 1
-        if dead_letters.num_rows and self.settings.publish_dead_letters:
-            if self._publisher is None:
-                self._publisher = DeadLetterPublisher(self.kafka, self.settings)
-            self._publisher.publish(dead_letters.to_pylist())
+                if self.settings.publish_dead_letters:
+                    to_publish += [{**row, "lake_file": self.storage.relative(path), "lake_row": i}
+                                   for i, row in enumerate(rows.to_pylist())]
+        publish_failures = 0
+        if to_publish:
+            publish_failures = self._publish(to_publish)
         if item_records.num_rows:
             current = self.items if self.items is not None else read_items(self.storage)
             self.items = merge_items(current, item_rows(item_records))
@@ -345,7 +360,14 @@ class Ingestor:
         totals = Counter(self.ledger.totals)
         totals.update({"events": events.num_rows, "dead_letters": dead_letters.num_rows,
                        "item_records": item_records.num_rows})
-        ledger = replace(self.ledger, offsets=offsets, batches=self.ledger.batches + 1, totals=dict(totals))
+        gaps = [{"topic": t, "partition": p, "start": lo, "end": hi, "detected_at_ms": now}
+                for (t, p), (lo, hi) in sorted(self._gaps.items()) if (t, p) in covered]
+        gap_counts: Counter[str] = Counter()
+        for gap in gaps:
+            gap_counts[gap["topic"]] += gap["end"] - gap["start"]
+        totals.update({"retention_gap_records": sum(gap_counts.values())})
+        ledger = replace(self.ledger, offsets=offsets, batches=self.ledger.batches + 1, totals=dict(totals),
+                         gaps=[*self.ledger.gaps, *gaps])
         save_ledger(self.storage, ledger)
         self.ledger = ledger  # only now: until the ledger is on disk, the batch did not happen
         self.event_ids.update(events.column("event_id").to_pylist())
@@ -355,7 +377,19 @@ class Ingestor:
         lag = self._lag(highs)
         return BatchResult(records=validated.num_rows, events=events.num_rows, dead_letters=dead_letters.num_rows,
                            items=item_records.num_rows, caught_up=not any(lag.values()), lag=lag,
-                           dead_letter_kinds=dict(kinds), files=files)
+                           dead_letter_kinds=dict(kinds), files=files,
+                           dead_letter_publish_failures=publish_failures, retention_gaps=dict(gap_counts))
+
+    def _publish(self, rows: list[dict[str, Any]]) -> int:
+        """Copy dead letters to the topic; a failure of any kind is counted and logged, never fatal."""
+        try:
+            if self._publisher is None:
+                self._publisher = DeadLetterPublisher(self.kafka, self.settings)
+            return self._publisher.publish(rows)
+        except Exception:
+            log.exception("publishing %d dead letters to %s failed; they are in the lake", len(rows),
+                          self.kafka.dead_letter_topic)
+            return len(rows)
 
     def _event_files(self, events: pa.Table, covered: dict[tuple[str, int], tuple[int, int]], now: int
                      ) -> list[tuple[str, pa.Table]]:
