@@ -139,3 +139,92 @@ def test_a_retention_gap_is_recorded_in_the_ledger_and_counted(kafka_config, ray
     assert ledger.totals["retention_gap_records"] == 4
     assert sorted(read_events(root).column("event_id").to_pylist()) == sorted(
         f"ev-{i}" for i in [*range(5), *range(9, 15)])
+
+
+def test_transactional_producers_are_ingested_promptly_and_aborted_records_never_land(kafka_config, ray_head,
+                                                                                      tmp_path):
+    """5 committed and 2 aborted transactions (confluent-kafka's transactional producer, as Flink or
+    Kafka Streams write): every partition's log ends in a transaction marker. One `--once` run must
+    ingest exactly the committed events, in seconds (not the read timeout, 30 s here), and finish."""
+    import time
+
+    from confluent_kafka import Producer
+
+    kafka = kafka_config
+    ensure_topics(kafka)
+    root = tmp_path / "precise"
+    config = write_config(tmp_path / "ingest.yaml", kafka, root, ingest={"read_timeout_s": 30})
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": f"tx-{kafka.events_topic}"})
+    producer.init_transactions(30)
+    committed, aborted = set(), set()
+    n = 0
+    for tx in range(7):
+        producer.begin_transaction()
+        ids = set()
+        for _ in range(40):
+            event = _event(n)
+            producer.produce(kafka.events_topic, key=event["user_id"].encode(), value=json.dumps(event).encode())
+            ids.add(event["event_id"])
+            n += 1
+        if tx in (2, 5):
+            producer.abort_transaction(30)
+            aborted |= ids
+        else:
+            producer.commit_transaction(30)
+            committed |= ids
+    started = time.monotonic()
+    job = JobProcess(config, "--once")
+    assert job.finish(240) == 0, job.log[-4000:]
+    took = time.monotonic() - started
+    ids = read_events(root).column("event_id").to_pylist()
+    assert len(ids) == len(set(ids))
+    assert set(ids) == committed and not set(ids) & aborted
+    assert read_dead_letters(root).num_rows == 0
+    assert took < 25, f"--once took {took:.1f} s: a read waited for a transaction marker"
+    assert "timed out" not in job.log, job.log[-3000:]
+    assert_clean_lake(root)
+
+
+def test_a_deleted_and_recreated_topic_is_detected_by_its_topic_id(kafka_config, ray_head, tmp_path):
+    """The events topic is deleted, re-created and refilled past the ledger's offsets: without topic
+    ids ingest would silently skip the new topic's offsets below the ledger. The ledger holds the
+    topic id; the next run refuses with a clear error and leaves the lake as it was."""
+    from confluent_kafka.admin import AdminClient
+
+    from precise.store.lake import load_ledger
+
+    kafka = kafka_config.model_copy(update={"partitions": 1})
+    ensure_topics(kafka)
+    root = tmp_path / "precise"
+    config = write_config(tmp_path / "ingest.yaml", kafka, root, ingest={"once_max_failures": 1})
+    with EventProducer(kafka) as producer:
+        for i in range(5):
+            producer.send_event(_event(i))
+        producer.flush(30)
+    job = JobProcess(config, "--once")
+    assert job.finish(240) == 0, job.log[-4000:]
+    first_id = load_ledger(Files(str(root))).topic_ids[kafka.events_topic]
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin.delete_topics([kafka.events_topic])[kafka.events_topic].result(30)
+    import time
+    deadline = time.monotonic() + 60
+    while True:  # deletion is asynchronous: retry the creation until the name is free
+        try:
+            ensure_topics(kafka)
+            if kafka.events_topic in admin.list_topics(timeout=10).topics:
+                break
+        except Exception:
+            assert time.monotonic() < deadline
+        time.sleep(0.5)
+    with EventProducer(kafka) as producer:
+        for i in range(100, 110):
+            producer.send_event(_event(i))
+        producer.flush(30)
+
+    job = JobProcess(config, "--once")
+    assert job.finish(240) != 0
+    assert "deleted and re-created" in job.log, job.log[-3000:]
+    ledger = load_ledger(Files(str(root)))
+    assert ledger.topic_ids[kafka.events_topic] == first_id and ledger.offsets[kafka.events_topic] == {0: 5}
+    assert read_events(root).num_rows == 5

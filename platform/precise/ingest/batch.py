@@ -1,7 +1,8 @@
 """One ingest micro-batch, end to end, with exactly-once effects on the lake.
 
     plan    ledger next offsets -> current end offsets (read the ends first, then exactly that range)
-    read    ray.data.read_kafka over those ranges, validated by precise.ingest.validate in Ray tasks
+    read    one Ray task per range (precise.ingest.reader, read_committed, up to the last delivered
+            offset), validated by precise.ingest.validate
     settle  per partition, the range actually covered: from the planned start to the greatest offset
             seen + 1 (Ray's reader may stop early on a timeout with only a warning; we never trust
             the requested end); duplicates of event ids already in the lake or earlier in the batch
@@ -37,7 +38,8 @@ import pyarrow.dataset as pads
 from precise.config import PreciseConfig
 from precise.ingest.faults import Faults
 from precise.ingest.items import item_rows, merge_items
-from precise.ingest.kafka import DeadLetterPublisher, librdkafka_options, watermarks
+from precise.ingest.kafka import DeadLetterPublisher, librdkafka_options, topic_ids, watermarks
+from precise.ingest.reader import read_partition
 from precise.ingest.validate import VALIDATED_SCHEMA, validate_records
 from precise.store.files import Files
 from precise.store.lake import (
@@ -71,6 +73,7 @@ class PartitionRange:
 class BatchResult:
     planned: int = 0  # offsets in the planned ranges (0: nothing new in Kafka)
     records: int = 0  # records read and settled (valid + rejected)
+    advanced: int = 0  # offsets the ledger moved (records + transaction markers + aborted records)
     events: int = 0  # new events in the lake
     dead_letters: int = 0
     items: int = 0  # item records merged into the item table
@@ -113,6 +116,7 @@ class Ingestor:
         self._lock: Any = None
         self._dirty = True  # the lake may hold uncommitted files: clean before the next write
         self._gaps: dict[tuple[str, int], tuple[int, int]] = {}  # retention gaps the planned batch skips
+        self._topic_ids: dict[str, str] = {}  # Kafka topic ids seen by the planned batch
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -213,6 +217,22 @@ class Ingestor:
         marks = watermarks(self.kafka, self.settings, [self.kafka.events_topic, self.kafka.items_topic])
         return {t: {p: high for p, (_, high) in parts.items()} for t, parts in marks.items()}
 
+    def _check_topic_ids(self, topics: list[str]) -> None:
+        """Refuse a topic that was deleted and re-created since the ledger last committed it.
+
+        Its offsets start again at 0, so the ledger's offsets and the lake's range file names mean
+        nothing for it: the new topic goes to a new storage.root (docs/operations.md). New ids
+        are recorded by the next commit.
+        """
+        current = topic_ids(self.kafka, self.settings, topics)
+        for topic, new in current.items():
+            old = self.ledger.topic_ids.get(topic)
+            if old is not None and old != new:
+                raise LakeError(f"topic {topic!r} was deleted and re-created (topic id {old} in the ledger of "
+                                f"{self.storage.uri}, {new} in Kafka); its offsets restarted, so this lake "
+                                f"cannot continue it: ingest this topic into a new storage.root")
+        self._topic_ids = {**self.ledger.topic_ids, **current}
+
     def _plan(self, marks: dict[str, dict[int, tuple[int, int]]], until: dict[str, dict[int, int]] | None
               ) -> list[PartitionRange]:
         ranges = []
@@ -243,6 +263,7 @@ class Ingestor:
     def _run_batch(self, until: dict[str, dict[int, int]] | None) -> BatchResult:
         topics = [self.kafka.events_topic, self.kafka.items_topic]
         marks = watermarks(self.kafka, self.settings, topics)
+        self._check_topic_ids([t for t in topics if marks.get(t)])
         ranges = self._plan(marks, until)
         todo = [r for r in ranges if r.end > r.start]
         highs = {(t, p): high for t, parts in marks.items() for p, (_, high) in parts.items()}
@@ -251,8 +272,8 @@ class Ingestor:
         self.faults.next_batch()
         planned = sum(r.end - r.start for r in todo)
         started = time.monotonic()
-        validated = self._read(ranges, todo)
-        covered, validated = settle(validated, todo)
+        validated, delivered = self._read(todo)
+        covered, validated = settle(validated, todo, delivered)
         read_s = time.monotonic() - started
         if not covered:  # nothing came back (e.g. every read timed out): try again later
             return BatchResult(planned=planned, caught_up=False, lag=self._lag(highs), read_s=read_s)
@@ -260,33 +281,28 @@ class Ingestor:
         result.planned, result.read_s, result.write_s = planned, read_s, time.monotonic() - started - read_s
         return result
 
-    def _read(self, ranges: list[PartitionRange], todo: list[PartitionRange]) -> pa.Table:
+    def _read(self, todo: list[PartitionRange]) -> tuple[pa.Table, dict[tuple[str, int], int]]:
+        """Read and validate each planned range in a Ray task; (validated rows, delivered end per range).
+
+        One task per partition range (precise.ingest.reader): it stops at the last delivered
+        offset, so transaction markers and aborted records never make a batch wait.
+        """
         import ray
 
-        topics = sorted({r.topic for r in todo})
-        # Every partition of a topic we read must be listed: Ray reads unlisted ones from
-        # "earliest" to "latest". Idle partitions get an empty range.
-        start = {t: {r.partition: r.start for r in ranges if r.topic == t} for t in topics}
-        end = {t: {r.partition: r.end for r in ranges if r.topic == t} for t in topics}
-        tasks = sum(len(parts) for parts in start.values())
         options = librdkafka_options(self.kafka, self.settings)
-        ds = ray.data.read_kafka(
-            topics, bootstrap_servers=self.kafka.bootstrap_servers, start_offset=start, end_offset=end,
-            consumer_config=options or None, timeout_ms=int(self.settings.read_timeout_s * 1000),
-            num_cpus=self.settings.read_num_cpus,
-            override_num_blocks=tasks,  # else Ray splits each partition's output into ~200 tiny blocks
-        )
-        ds = ds.map_batches(
-            validate_records, batch_format="pyarrow", batch_size=None, num_cpus=self.settings.read_num_cpus,
-            fn_kwargs={"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
-                       "allowed_actions": self.allowed_actions,
-                       "max_payload_bytes": self.settings.max_payload_bytes,
-                       "max_event_time_ahead_s": self.settings.max_event_time_ahead_s},
-        )
-        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-        if not tables:
-            return VALIDATED_SCHEMA.empty_table()
-        return pa.concat_tables(tables)
+        kwargs = {"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
+                  "allowed_actions": self.allowed_actions,
+                  "max_payload_bytes": self.settings.max_payload_bytes,
+                  "max_event_time_ahead_s": self.settings.max_event_time_ahead_s}
+        task = ray.remote(_read_and_validate).options(num_cpus=self.settings.read_num_cpus, num_returns=2,
+                                                      max_retries=0)
+        refs = [task.remote(self.kafka.bootstrap_servers, options, r.topic, r.partition, r.start, r.end,
+                            self.settings.read_timeout_s, kwargs) for r in todo]
+        tables = ray.get([t for t, _ in refs])
+        ends = ray.get([e for _, e in refs])
+        delivered = {(r.topic, r.partition): end for r, end in zip(todo, ends, strict=True)}
+        tables = [t for t in tables if t.num_rows]
+        return (pa.concat_tables(tables) if tables else VALIDATED_SCHEMA.empty_table()), delivered
 
     def _split_events(self, rows: pa.Table) -> tuple[pa.Table, pa.Table]:
         """(new valid events, rejects) of the events topic, duplicates turned into rejects."""
@@ -367,15 +383,17 @@ class Ingestor:
             gap_counts[gap["topic"]] += gap["end"] - gap["start"]
         totals.update({"retention_gap_records": sum(gap_counts.values())})
         ledger = replace(self.ledger, offsets=offsets, batches=self.ledger.batches + 1, totals=dict(totals),
-                         gaps=[*self.ledger.gaps, *gaps])
+                         gaps=[*self.ledger.gaps, *gaps], topic_ids=dict(self._topic_ids))
         save_ledger(self.storage, ledger)
         self.ledger = ledger  # only now: until the ledger is on disk, the batch did not happen
         self.event_ids.update(events.column("event_id").to_pylist())
         self.faults.hit("after_ledger")
+        advanced = sum(stop - start for start, stop in covered.values())
         kinds = Counter(zip(dead_letters.column("topic").to_pylist(),
                             dead_letters.column("reason_kind").to_pylist(), strict=True))
         lag = self._lag(highs)
-        return BatchResult(records=validated.num_rows, events=events.num_rows, dead_letters=dead_letters.num_rows,
+        return BatchResult(records=validated.num_rows, advanced=advanced, events=events.num_rows,
+                           dead_letters=dead_letters.num_rows,
                            items=item_records.num_rows, caught_up=not any(lag.values()), lag=lag,
                            dead_letter_kinds=dict(kinds), files=files,
                            dead_letter_publish_failures=publish_failures, retention_gaps=dict(gap_counts))
@@ -420,11 +438,13 @@ class Ingestor:
         return {(t, p): max(0, high - (self.ledger.next_offset(t, p) or 0)) for (t, p), high in highs.items()}
 
 
-def settle(validated: pa.Table, todo: list[PartitionRange]) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
+def settle(validated: pa.Table, todo: list[PartitionRange], delivered: dict[tuple[str, int], int] | None = None
+           ) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
     """Keep the records inside the planned ranges; per partition, the range they actually cover.
 
-    The covered range ends after the greatest offset seen, never at the planned end: Ray's reader
-    returns what it has when its timeout expires. A partition that returned nothing is not covered.
+    The covered range ends after the greatest offset seen, or at the reader's delivered end if that
+    is further (transaction markers and aborted records after the last record), never at the
+    planned end: a read may stop early on its timeout. A partition that got nowhere is not covered.
     """
     topic, partition, offset = (validated.column(c) for c in ("topic", "partition", "offset"))
     keep = None
@@ -433,11 +453,20 @@ def settle(validated: pa.Table, todo: list[PartitionRange]) -> tuple[dict[tuple[
         mask = pc.and_(pc.and_(pc.equal(topic, r.topic), pc.equal(partition, r.partition)),
                        pc.and_(pc.greater_equal(offset, r.start), pc.less(offset, r.end)))
         seen = pc.max(pc.filter(offset, mask)).as_py()
-        if seen is not None:
-            covered[(r.topic, r.partition)] = (r.start, seen + 1)
+        stop = r.start if seen is None else seen + 1
+        stop = max(stop, min(r.end, (delivered or {}).get((r.topic, r.partition), r.start)))
+        if stop > r.start:
+            covered[(r.topic, r.partition)] = (r.start, stop)
         keep = mask if keep is None else pc.or_(keep, mask)
     validated = validated.filter(keep) if keep is not None else validated.slice(0, 0)
     return covered, validated.sort_by([("topic", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
+
+
+def _read_and_validate(bootstrap_servers: str, options: dict[str, Any], topic: str, partition: int, start: int,
+                       end: int, timeout_s: float, kwargs: dict[str, Any]) -> tuple[pa.Table, int]:
+    """The Ray task of one partition range: committed records, validated, and the delivered end."""
+    raw, position = read_partition(bootstrap_servers, options, topic, partition, start, end, timeout_s)
+    return validate_records(raw, **kwargs), position
 
 
 def _dead_letter_table(rejected: pa.Table, now: int) -> pa.Table:

@@ -145,3 +145,13 @@ class DeadLetterPublisher:
 
     def close(self) -> None:
         self._producer.flush(5)
+
+
+def topic_ids(kafka: KafkaConfig, ingest: IngestConfig, topics: list[str]) -> dict[str, str]:
+    """Kafka's topic id (a UUID, new for every creation) of each topic in `topics` (all must exist)."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, **librdkafka_options(kafka, ingest)})
+    futures = admin.describe_topics(TopicCollection(topics), request_timeout=ingest.kafka_timeout_s)
+    return {topic: str(future.result(ingest.kafka_timeout_s * 2).topic_id) for topic, future in futures.items()}

@@ -157,6 +157,9 @@ class Ledger:
     # Offsets Kafka retention deleted before they were ingested: {topic, partition, start, end,
     # detected_at_ms}, appended when the batch that skipped them commits (totals: retention_gap_records)
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    # Kafka's topic id of each topic the offsets belong to: a topic deleted and re-created (same
+    # name, offsets from 0 again) has a new id, and ingest refuses to mix the two in one lake
+    topic_ids: dict[str, str] = field(default_factory=dict)
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self.offsets.get(topic, {}).get(partition)
@@ -171,6 +174,7 @@ class Ledger:
             "offsets": {t: {str(p): o for p, o in sorted(parts.items())} for t, parts in self.offsets.items()},
             "totals": self.totals,
             "gaps": self.gaps,
+            "topic_ids": self.topic_ids,
         }, indent=1).encode()
 
     @classmethod
@@ -181,7 +185,8 @@ class Ledger:
         return cls(offsets={t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw["offsets"].items()},
                    events_topic=raw.get("events_topic"), items_topic=raw.get("items_topic"),
                    batches=int(raw.get("batches", 0)), committed_at_ms=int(raw.get("committed_at_ms", 0)),
-                   totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])))
+                   totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])),
+                   topic_ids=dict(raw.get("topic_ids", {})))
 
 
 def load_ledger(storage: Files) -> Ledger:
