@@ -224,7 +224,7 @@ def test_a_deleted_and_recreated_topic_is_detected_by_its_topic_id(kafka_config,
 
     job = JobProcess(config, "--once")
     assert job.finish(240) != 0
-    assert "deleted and re-created" in job.log, job.log[-3000:]
+    assert "deleted and re-created" in job.log, (job.proc.returncode, job.log[-3000:], job.stdout[-2000:])
     ledger = load_ledger(Files(str(root)))
     assert ledger.topic_ids[kafka.events_topic] == first_id and ledger.offsets[kafka.events_topic] == {0: 5}
     assert read_events(root).num_rows == 5
