@@ -51,8 +51,8 @@ from precise.store.lake import (
     load_ledger,
     read_items,
     save_ledger,
-    split_committed,
 )
+from precise.store.rewind import cut_at_ledger
 
 log = logging.getLogger(__name__)
 
@@ -166,16 +166,14 @@ class Ingestor:
 
     def _clean(self) -> None:
         """Delete what a crashed or failed batch left: files above the ledger, temporary files."""
-        removed = []
-        _, orphans = split_committed(self.storage.list_files(self.layout.events), self._offsets("events"))
-        removed += orphans
+        # cut_at_ledger also cuts files that span the ledger (left by a rewind after compaction)
+        removed = cut_at_ledger(self.storage, self.layout.events, self._offsets("events"))
         for role, topic in (("events", self.kafka.events_topic), ("items", self.kafka.items_topic)):
-            folder = f"{self.layout.dead_letter}/topic={topic}"
-            _, orphans = split_committed(self.storage.list_files(folder), self._offsets(role))
-            removed += orphans
-        removed += self.storage.temp_files(self.layout.lake)
-        for path in removed:
+            removed += cut_at_ledger(self.storage, f"{self.layout.dead_letter}/topic={topic}", self._offsets(role))
+        temp = self.storage.temp_files(self.layout.lake)
+        for path in temp:
             self.storage.delete(path)
+        removed += temp
         if removed:
             log.warning("removed %d uncommitted files left by an interrupted batch", len(removed))
         self._dirty = False

@@ -160,6 +160,7 @@ class Ledger:
     # Kafka's topic id of each topic the offsets belong to: a topic deleted and re-created (same
     # name, offsets from 0 again) has a new id, and ingest refuses to mix the two in one lake
     topic_ids: dict[str, str] = field(default_factory=dict)
+    rewinds: list[dict[str, Any]] = field(default_factory=list)  # `precise lake rewind` history
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self.offsets.get(topic, {}).get(partition)
@@ -175,6 +176,7 @@ class Ledger:
             "totals": self.totals,
             "gaps": self.gaps,
             "topic_ids": self.topic_ids,
+            "rewinds": self.rewinds,
         }, indent=1).encode()
 
     @classmethod
@@ -186,7 +188,7 @@ class Ledger:
                    events_topic=raw.get("events_topic"), items_topic=raw.get("items_topic"),
                    batches=int(raw.get("batches", 0)), committed_at_ms=int(raw.get("committed_at_ms", 0)),
                    totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])),
-                   topic_ids=dict(raw.get("topic_ids", {})))
+                   topic_ids=dict(raw.get("topic_ids", {})), rewinds=list(raw.get("rewinds", [])))
 
 
 def load_ledger(storage: Files) -> Ledger:
