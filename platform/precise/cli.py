@@ -57,6 +57,7 @@ def _lake_rewind(args: argparse.Namespace) -> int:
     """`precise lake rewind`: move the ledger back (aware of compaction); the next ingest re-reads."""
     from precise.store.files import Files
     from precise.store.lake import Layout, load_ledger
+    from precise.store.lease import WriterLease
     from precise.store.rewind import RewindError, rewind
 
     config = load_config(args.config)
@@ -74,7 +75,12 @@ def _lake_rewind(args: argparse.Namespace) -> int:
         return 2
     try:
         with storage.lock(Layout(storage).lock, "the lake (stop the ingest job first)"):
-            result = rewind(storage, topic, offsets)
+            lease = WriterLease(storage, config.ingest.writer_lease_s)  # also holds across nodes
+            lease.acquire(same_host_is_stale=storage.local, floor=load_ledger(storage).writer_generation)
+            try:
+                result = rewind(storage, topic, offsets)
+            finally:
+                lease.release()
     except (RewindError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

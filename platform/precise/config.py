@@ -197,6 +197,9 @@ class IngestConfig(Section):
     # are cut to this many bytes in the topic message (with their full size and a pointer to the
     # lake row), so no reject can be too big for the topic. Publish failures are counted, not fatal.
     dead_letter_max_bytes: int = Field(16 * 1024, ge=0, le=512 * 1024)
+    # The lake's writer lease (precise.store.lease), the one-writer fence that holds on object stores
+    # and shared volumes too: a job refuses a lake whose lease another job renewed this recently.
+    writer_lease_s: float = Field(30.0, gt=0)
     retry_backoff_s: float = Field(2.0, gt=0)  # after a failed batch, doubled up to retry_backoff_max_s
     retry_backoff_max_s: float = Field(30.0, gt=0)  # the longest wait between retries
     once_max_failures: int = Field(5, ge=1)  # --once gives up after this many failed attempts in a row

@@ -52,6 +52,7 @@ from precise.store.lake import (
     read_items,
     save_ledger,
 )
+from precise.store.lease import WriterLease
 from precise.store.rewind import cut_at_ledger
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class Ingestor:
         self.metrics: Any = None
         self._publisher: DeadLetterPublisher | None = None
         self._lock: Any = None
+        self._lease: WriterLease | None = None
         self._dirty = True  # the lake may hold uncommitted files: clean before the next write
         self._gaps: dict[tuple[str, int], tuple[int, int]] = {}  # retention gaps the planned batch skips
         self._topic_ids: dict[str, str] = {}  # Kafka topic ids seen by the planned batch
@@ -124,8 +126,15 @@ class Ingestor:
         self._lock = self.storage.lock(self.layout.lock)
         self._lock.__enter__()
         try:
+            # flock holds on one machine only; the lease also on object stores and shared volumes,
+            # and it is taken before _load, whose clean-up deletes files above the ledger
+            self._lease = WriterLease(self.storage, self.settings.writer_lease_s)
+            self._lease.acquire(same_host_is_stale=self.storage.local,
+                                floor=load_ledger(self.storage).writer_generation)
             self._load()
         except BaseException:
+            if self._lease is not None:
+                self._lease.release()
             self._lock.__exit__(None, None, None)
             raise
         return self
@@ -133,6 +142,8 @@ class Ingestor:
     def __exit__(self, *exc: object) -> None:
         if self._publisher is not None:
             self._publisher.close()
+        if self._lease is not None:
+            self._lease.release()
         self._lock.__exit__(*exc)
 
     def _load(self) -> None:
@@ -380,8 +391,12 @@ class Ingestor:
         for gap in gaps:
             gap_counts[gap["topic"]] += gap["end"] - gap["start"]
         totals.update({"retention_gap_records": sum(gap_counts.values())})
+        generation = self._lease.generation if self._lease is not None else 0
         ledger = replace(self.ledger, offsets=offsets, batches=self.ledger.batches + 1, totals=dict(totals),
-                         gaps=[*self.ledger.gaps, *gaps], topic_ids=dict(self._topic_ids))
+                         gaps=[*self.ledger.gaps, *gaps], topic_ids=dict(self._topic_ids),
+                         writer_generation=generation)
+        if self._lease is not None:  # a fenced writer never commits
+            self._lease.check(load_ledger(self.storage).writer_generation)
         save_ledger(self.storage, ledger)
         self.ledger = ledger  # only now: until the ledger is on disk, the batch did not happen
         self.event_ids.update(events.column("event_id").to_pylist())

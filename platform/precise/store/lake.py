@@ -161,6 +161,7 @@ class Ledger:
     # name, offsets from 0 again) has a new id, and ingest refuses to mix the two in one lake
     topic_ids: dict[str, str] = field(default_factory=dict)
     rewinds: list[dict[str, Any]] = field(default_factory=list)  # `precise lake rewind` history
+    writer_generation: int = 0  # the writer lease generation of the job that committed this ledger
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self.offsets.get(topic, {}).get(partition)
@@ -177,6 +178,7 @@ class Ledger:
             "gaps": self.gaps,
             "topic_ids": self.topic_ids,
             "rewinds": self.rewinds,
+            "writer_generation": self.writer_generation,
         }, indent=1).encode()
 
     @classmethod
@@ -188,7 +190,8 @@ class Ledger:
                    events_topic=raw.get("events_topic"), items_topic=raw.get("items_topic"),
                    batches=int(raw.get("batches", 0)), committed_at_ms=int(raw.get("committed_at_ms", 0)),
                    totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])),
-                   topic_ids=dict(raw.get("topic_ids", {})), rewinds=list(raw.get("rewinds", [])))
+                   topic_ids=dict(raw.get("topic_ids", {})), rewinds=list(raw.get("rewinds", [])),
+                   writer_generation=int(raw.get("writer_generation", 0)))
 
 
 def load_ledger(storage: Files) -> Ledger:
