@@ -98,12 +98,13 @@ def poison(b: Bench, n: int) -> dict[str, Any]:
     config, root = b.config(kafka, publish_dead_letters=True)
     bad = [b"{not json", b"\xff\xfe", b"[1]", json.dumps({"event_id": "x"}).encode(), None,
            b'{"event_id": "big", "x": "' + b"y" * 1_500_000]  # oversized, with DLQ publishing on
-    sent = len(bad)
+    every, sent = max(1, n // len(bad)), 0
     with EventProducer(kafka, max_request_size=2 * 1024 * 1024) as producer:
         for i in range(n):
             producer.send_event(_event(i))
-            if i % max(1, n // len(bad)) == 0 and bad:
+            if i % every == 0 and bad:
                 producer.send_raw(kafka.events_topic, bad.pop(), key=b"k").get(timeout=30)
+                sent += 1
         producer.flush(60)
     rc, _ = b.once(config)
     kinds = read_dead_letters(root).column("reason_kind").to_pylist()

@@ -12,10 +12,13 @@ them.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 RAW_SCHEMA = pa.schema([
     ("offset", pa.int64()),
@@ -42,6 +45,7 @@ def read_partition(bootstrap_servers: str, options: dict[str, Any], topic: str, 
                          **options, "isolation.level": "read_committed"})
     rows: dict[str, list[Any]] = {name: [] for name in RAW_SCHEMA.names}
     position = start
+    at_eof = False
     try:
         consumer.assign([TopicPartition(topic, partition, start)])
         deadline = time.monotonic() + timeout_s
@@ -74,6 +78,9 @@ def read_partition(bootstrap_servers: str, options: dict[str, Any], topic: str, 
                 if current.offset >= 0:
                     position = max(position, min(end, current.offset))
                 break
+        if position < end and not at_eof:
+            log.warning("%s[%d]: read timed out after %.0f s at offset %d of %d..%d; the batch covers what "
+                        "was read", topic, partition, timeout_s, position, start, end)
     finally:
         consumer.close()
     return pa.Table.from_pydict(rows, schema=RAW_SCHEMA), position
