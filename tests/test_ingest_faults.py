@@ -145,7 +145,8 @@ def test_transactional_producers_are_ingested_promptly_and_aborted_records_never
                                                                                       tmp_path):
     """5 committed and 2 aborted transactions (confluent-kafka's transactional producer, as Flink or
     Kafka Streams write): every partition's log ends in a transaction marker. One `--once` run must
-    ingest exactly the committed events, in seconds (not the read timeout, 30 s here), and finish."""
+    ingest exactly the committed events, each read taking seconds (not the read timeout, 30 s
+    here), and finish."""
     import time
 
     from confluent_kafka import Producer
@@ -180,7 +181,13 @@ def test_transactional_producers_are_ingested_promptly_and_aborted_records_never
     assert len(ids) == len(set(ids))
     assert set(ids) == committed and not set(ids) & aborted
     assert read_dead_letters(root).num_rows == 0
-    assert took < 25, f"--once took {took:.1f} s: a read waited for a transaction marker"
+    # A read that waits for a marker's offset runs into read_timeout_s (30 s): every committed batch's
+    # read must be well below it (measured, not the --once wall time, which a loaded machine stretches)
+    import ast
+    import re
+
+    reads = [ast.literal_eval(m[1])["read_s"] for m in re.finditer(r"batch \d+ committed: (\{.*\})", job.log)]
+    assert reads and max(reads) < 20, (reads, took)
     assert "timed out" not in job.log, job.log[-3000:]
     assert_clean_lake(root)
 
