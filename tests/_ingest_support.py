@@ -74,12 +74,14 @@ class JobProcess:
 
     def finish(self, timeout: float) -> int:
         try:
-            self.stdout, _ = self.proc.communicate(timeout=timeout)
+            self.stdout, rest = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.stdout, _ = self.proc.communicate()
+            self.stdout, rest = self.proc.communicate()
             raise
         self._reader.join(5)
+        # communicate() and the reader thread share stderr: keep what communicate() took
+        self.lines.extend(line.rstrip() for line in (rest or "").splitlines())
         return self.proc.returncode
 
 

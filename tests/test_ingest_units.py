@@ -256,3 +256,23 @@ def test_settle_covers_only_the_offsets_actually_read():
     assert covered == {("ev", 0): (10, 15), ("it", 1): (7, 8)}
     assert list(zip(kept.column("topic").to_pylist(), kept.column("offset").to_pylist(), strict=True)) == [
         ("ev", 10), ("ev", 11), ("ev", 12), ("ev", 14), ("it", 7)]  # outside the plan: dropped, read again later
+
+
+def test_event_time_allowance_is_configurable_and_uses_the_record_timestamp():
+    """A worker with a slow clock must not dead-letter events the broker stamped recently."""
+    day = 24 * 3600 * 1000
+    table = _kafka_table([("ev", b"k", _event(event_id="ahead2d", ts=NOW_MS + 2 * day))])
+
+    def kind(table: pa.Table, **kwargs: float) -> str | None:
+        out = validate_records(table, events_topic="ev", items_topic="it", allowed_actions=DEFAULT_ACTIONS,
+                               max_payload_bytes=1_000, **kwargs).to_pylist()
+        return out[0]["reason_kind"]
+
+    assert kind(table) == "invalid_timestamp"  # default allowance: one day
+    assert kind(table, max_event_time_ahead_s=3 * 86_400) is None
+    assert kind(table, max_event_time_ahead_s=0) == "invalid_timestamp"
+    # the record's Kafka timestamp is 1.5 days ahead of this (slow) worker: the event is 0.5 day past it
+    stamped = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                               pa.array([NOW_MS + int(1.5 * day)], pa.int64()))
+    assert kind(stamped) is None
+    assert PreciseConfig.model_validate({"ingest": {"max_event_time_ahead_s": 60}}).ingest.max_event_time_ahead_s == 60

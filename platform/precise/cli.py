@@ -1,4 +1,5 @@
-"""`precise` command line: the local stack (`precise stack up|down|status|fetch`)."""
+"""`precise` command line: the local stack (`precise stack up|down|status|fetch`), lake operations
+(`precise lake rewind`)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,56 @@ def _stack(args: argparse.Namespace) -> int:
     return 0 if status["kafka"]["running"] else 3
 
 
+def _lake_rewind(args: argparse.Namespace) -> int:
+    """`precise lake rewind`: move the ledger back (aware of compaction); the next ingest re-reads."""
+    from precise.store.files import Files
+    from precise.store.lake import Layout, load_ledger
+    from precise.store.lease import WriterLease
+    from precise.store.rewind import RewindError, rewind
+
+    config = load_config(args.config)
+    storage = Files(config.storage.resolved_root())
+    topic = args.topic or config.kafka.events_topic
+    try:
+        offsets = {int(p): int(o) for p, o in (item.split("=", 1) for item in args.offset)}
+    except ValueError:
+        print("error: --offset takes PARTITION=OFFSET, e.g. --offset 0=51234", file=sys.stderr)
+        return 2
+    if args.to_offset is not None:
+        offsets = {p: args.to_offset for p in load_ledger(storage).offsets.get(topic, {})} | offsets
+    if not offsets:
+        print("error: give --offset PARTITION=OFFSET (repeatable) or --to-offset OFFSET", file=sys.stderr)
+        return 2
+    try:
+        with storage.lock(Layout(storage).lock, "the lake (stop the ingest job first)"):
+            lease = WriterLease(storage, config.ingest.writer_lease_s)  # also holds across nodes
+            lease.acquire(same_host_is_stale=storage.local, floor=load_ledger(storage).writer_generation)
+            try:
+                result = rewind(storage, topic, offsets)
+            finally:
+                lease.release()
+    except (RewindError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    print("next: run ingest (it re-reads from there), then `python jobs/sequences.py --config ... --full`",
+          file=sys.stderr)
+    return 0
+
+
+def _add_lake_parser(sub: argparse._SubParsersAction) -> None:
+    lake = sub.add_parser("lake", help="operations on the event lake")
+    verbs = lake.add_subparsers(dest="verb", required=True)
+    rw = verbs.add_parser("rewind", help="move the ledger back so ingest re-reads from an offset "
+                                         "(stop ingest first; safe after compaction)")
+    rw.add_argument("--config", help="YAML config (storage.root and kafka topics)")
+    rw.add_argument("--topic", help="default: kafka.events_topic")
+    rw.add_argument("--offset", action="append", default=[], metavar="PARTITION=OFFSET",
+                    help="new next offset of one partition (repeatable)")
+    rw.add_argument("--to-offset", type=int, help="the same new next offset for every partition in the ledger")
+    rw.set_defaults(func=_lake_rewind)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="precise", description="PRECISE on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("--metrics", action="store_true",
                        help="status: list the platform's metrics (ray_precise_*) from the Prometheus endpoint")
     stack.set_defaults(func=_stack)
+    _add_lake_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -35,9 +35,10 @@ class KafkaConfig(Section):
     items_topic: str = "item-catalog"  # item catalogue, key = item id, compacted
     dead_letter_topic: str = "behavior-events.dlq"  # rejected records, with the reason
     partitions: int = Field(4, ge=1, le=1024)  # of the events and items topics when the platform creates them
-    # copies of every partition of the topics the platform creates (3 on a real cluster, with the
-    # brokers' min.insync.replicas=2 and the producer's acks=all: a broker may die, nothing is lost)
-    replication_factor: int = Field(1, ge=1, le=16)
+    # copies of every partition of the topics the platform creates; None: the broker's
+    # default.replication.factor (a real cluster's 3 with min.insync.replicas=2 and the producer's
+    # acks=all: a broker may die, nothing is lost; a one-broker test stack's 1)
+    replication_factor: int | None = Field(None, ge=1, le=32)
     # Passed through to every client (kafka-python names), e.g. security_protocol, sasl_mechanism,
     # sasl_plain_username, ssl_cafile: how to point the platform at an existing secured cluster.
     client_options: dict[str, Any] = Field(default_factory=dict)
@@ -189,7 +190,17 @@ class IngestConfig(Section):
     kafka_timeout_s: float = Field(10.0, gt=0)  # metadata / watermark queries
     read_num_cpus: float = Field(1.0, gt=0)  # per Ray read+validate task (CPU-bound: one core each)
     max_payload_bytes: int = Field(64 * 1024, ge=64)  # larger records are dead-lettered
+    # Clock-skew allowance of event-time validation: an event whose `ts` is further ahead than this
+    # of the later of the worker's clock and the record's Kafka timestamp is dead-lettered.
+    max_event_time_ahead_s: float = Field(86_400.0, ge=0)
     publish_dead_letters: bool = True  # also send rejects to kafka.dead_letter_topic (at least once)
+    # The topic copy is a courtesy, the lake's dead-letter files the record of truth: key and value
+    # are cut to this many bytes in the topic message (with their full size and a pointer to the
+    # lake row), so no reject can be too big for the topic. Publish failures are counted, not fatal.
+    dead_letter_max_bytes: int = Field(16 * 1024, ge=0, le=512 * 1024)
+    # The lake's writer lease (precise.store.lease), the one-writer fence that holds on object stores
+    # and shared volumes too: a job refuses a lake whose lease another job renewed this recently.
+    writer_lease_s: float = Field(30.0, gt=0)
     retry_backoff_s: float = Field(2.0, gt=0)  # after a failed batch, doubled up to retry_backoff_max_s
     retry_backoff_max_s: float = Field(30.0, gt=0)  # the longest wait between retries
     once_max_failures: int = Field(5, ge=1)  # --once gives up after this many failed attempts in a row

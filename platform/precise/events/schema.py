@@ -38,11 +38,18 @@ def _check_id(value: str, field: str) -> str:
     return value
 
 
-def _check_ts(value: int) -> int:
+def _check_ts(value: int, context: Any = None) -> int:
+    """`context` (pydantic's validation context) may carry `now_ms` (the reference clock, e.g. the
+    later of the worker's clock and the broker's record timestamp) and `max_ahead_ms` (the allowed
+    skew, `ingest.max_event_time_ahead_s`)."""
     if value <= 0:
         raise ValueError("must be epoch milliseconds > 0")
-    if value > time.time() * 1000 + MAX_FUTURE_MS:
-        raise ValueError("is more than a day in the future (epoch milliseconds expected)")
+    context = context or {}
+    now_ms = max(time.time() * 1000, context.get("now_ms") or 0)
+    ahead_ms = context.get("max_ahead_ms", MAX_FUTURE_MS)
+    if value > now_ms + ahead_ms:
+        raise ValueError(f"is more than {ahead_ms / 3_600_000:g} h ahead of the clock "
+                         f"(epoch milliseconds expected; allowance: ingest.max_event_time_ahead_s)")
     return value
 
 
@@ -66,8 +73,8 @@ class BehaviorEvent(BaseModel):
 
     @field_validator("ts")
     @classmethod
-    def _event_time(cls, value: int) -> int:
-        return _check_ts(value)
+    def _event_time(cls, value: int, info: Any) -> int:
+        return _check_ts(value, info.context)
 
     def to_json_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -105,7 +112,7 @@ def _reason(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _build(model: type[BaseModel], payload: Any) -> Any:
+def _build(model: type[BaseModel], payload: Any, context: dict[str, Any] | None = None) -> Any:
     if isinstance(payload, model):
         return payload
     if isinstance(payload, (bytes, bytearray, memoryview)):
@@ -120,14 +127,17 @@ def _build(model: type[BaseModel], payload: Any) -> Any:
     if not isinstance(payload, dict):
         raise InvalidEventError(f"expected a JSON object, got {type(payload).__name__}")
     try:
-        return model.model_validate(payload)
+        return model.model_validate(payload, context=context)
     except ValidationError as exc:
         raise InvalidEventError(_reason(exc)) from None
 
 
-def parse_event(payload: Any, allowed_actions: tuple[str, ...] | None = DEFAULT_ACTIONS) -> BehaviorEvent:
-    """Validate raw bytes, a dict, or an event; raise `InvalidEventError` on any breach."""
-    event = _build(BehaviorEvent, payload)
+def parse_event(payload: Any, allowed_actions: tuple[str, ...] | None = DEFAULT_ACTIONS,
+                context: dict[str, Any] | None = None) -> BehaviorEvent:
+    """Validate raw bytes, a dict, or an event; raise `InvalidEventError` on any breach.
+
+    `context`: the event-time reference (see `_check_ts`)."""
+    event = _build(BehaviorEvent, payload, context)
     if allowed_actions is not None and event.action not in allowed_actions:
         raise InvalidEventError(f"action: {event.action!r} is not one of {list(allowed_actions)}")
     return event

@@ -22,7 +22,9 @@ def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0) -> dict[str, int
                              request_timeout_ms=int(timeout_s * 1000), **config.client_options)
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(name, num_partitions=parts, replication_factor=config.replication_factor, topic_configs=cfg)
+        # -1: the broker's default.replication.factor (CreateTopics v4+)
+        replication = config.replication_factor if config.replication_factor is not None else -1
+        new = [NewTopic(name, num_partitions=parts, replication_factor=replication, topic_configs=cfg)
                for name, (parts, cfg) in wanted.items() if name not in existing]
         if new:
             try:

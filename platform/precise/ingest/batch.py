@@ -1,7 +1,8 @@
 """One ingest micro-batch, end to end, with exactly-once effects on the lake.
 
     plan    ledger next offsets -> current end offsets (read the ends first, then exactly that range)
-    read    ray.data.read_kafka over those ranges, validated by precise.ingest.validate in Ray tasks
+    read    one Ray task per range (precise.ingest.reader, read_committed, up to the last delivered
+            offset), validated by precise.ingest.validate
     settle  per partition, the range actually covered: from the planned start to the greatest offset
             seen + 1 (Ray's reader may stop early on a timeout with only a warning; we never trust
             the requested end); duplicates of event ids already in the lake or earlier in the batch
@@ -37,7 +38,8 @@ import pyarrow.dataset as pads
 from precise.config import PreciseConfig
 from precise.ingest.faults import Faults
 from precise.ingest.items import item_rows, merge_items
-from precise.ingest.kafka import DeadLetterPublisher, librdkafka_options, watermarks
+from precise.ingest.kafka import DeadLetterPublisher, librdkafka_options, topic_ids, watermarks
+from precise.ingest.reader import read_partition
 from precise.ingest.validate import VALIDATED_SCHEMA, validate_records
 from precise.store.files import Files
 from precise.store.lake import (
@@ -49,8 +51,9 @@ from precise.store.lake import (
     load_ledger,
     read_items,
     save_ledger,
-    split_committed,
 )
+from precise.store.lease import WriterLease
+from precise.store.rewind import cut_at_ledger
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class PartitionRange:
 class BatchResult:
     planned: int = 0  # offsets in the planned ranges (0: nothing new in Kafka)
     records: int = 0  # records read and settled (valid + rejected)
+    advanced: int = 0  # offsets the ledger moved (records + transaction markers + aborted records)
     events: int = 0  # new events in the lake
     dead_letters: int = 0
     items: int = 0  # item records merged into the item table
@@ -78,6 +82,8 @@ class BatchResult:
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
     latency_s: float = 0.0
     dead_letter_kinds: dict[tuple[str, str], int] = field(default_factory=dict)
+    retention_gaps: dict[str, int] = field(default_factory=dict)  # per topic: offsets lost to retention
+    dead_letter_publish_failures: int = 0  # rejects not copied to the dead-letter topic (they are in the lake)
     files: int = 0  # lake files written
     read_s: float = 0.0  # of latency_s: Kafka read + validation (Ray Data)
     write_s: float = 0.0  # of latency_s: dedupe, files, dead-letter topic, items, ledger
@@ -109,7 +115,10 @@ class Ingestor:
         self.metrics: Any = None
         self._publisher: DeadLetterPublisher | None = None
         self._lock: Any = None
+        self._lease: WriterLease | None = None
         self._dirty = True  # the lake may hold uncommitted files: clean before the next write
+        self._gaps: dict[tuple[str, int], tuple[int, int]] = {}  # retention gaps the planned batch skips
+        self._topic_ids: dict[str, str] = {}  # Kafka topic ids seen by the planned batch
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -117,8 +126,15 @@ class Ingestor:
         self._lock = self.storage.lock(self.layout.lock)
         self._lock.__enter__()
         try:
+            # flock holds on one machine only; the lease also on object stores and shared volumes,
+            # and it is taken before _load, whose clean-up deletes files above the ledger
+            self._lease = WriterLease(self.storage, self.settings.writer_lease_s)
+            self._lease.acquire(same_host_is_stale=self.storage.local,
+                                floor=load_ledger(self.storage).writer_generation)
             self._load()
         except BaseException:
+            if self._lease is not None:
+                self._lease.release()
             self._lock.__exit__(None, None, None)
             raise
         return self
@@ -126,6 +142,8 @@ class Ingestor:
     def __exit__(self, *exc: object) -> None:
         if self._publisher is not None:
             self._publisher.close()
+        if self._lease is not None:
+            self._lease.release()
         self._lock.__exit__(*exc)
 
     def _load(self) -> None:
@@ -159,16 +177,14 @@ class Ingestor:
 
     def _clean(self) -> None:
         """Delete what a crashed or failed batch left: files above the ledger, temporary files."""
-        removed = []
-        _, orphans = split_committed(self.storage.list_files(self.layout.events), self._offsets("events"))
-        removed += orphans
+        # cut_at_ledger also cuts files that span the ledger (left by a rewind after compaction)
+        removed = cut_at_ledger(self.storage, self.layout.events, self._offsets("events"))
         for role, topic in (("events", self.kafka.events_topic), ("items", self.kafka.items_topic)):
-            folder = f"{self.layout.dead_letter}/topic={topic}"
-            _, orphans = split_committed(self.storage.list_files(folder), self._offsets(role))
-            removed += orphans
-        removed += self.storage.temp_files(self.layout.lake)
-        for path in removed:
+            removed += cut_at_ledger(self.storage, f"{self.layout.dead_letter}/topic={topic}", self._offsets(role))
+        temp = self.storage.temp_files(self.layout.lake)
+        for path in temp:
             self.storage.delete(path)
+        removed += temp
         if removed:
             log.warning("removed %d uncommitted files left by an interrupted batch", len(removed))
         self._dirty = False
@@ -197,6 +213,11 @@ class Ingestor:
             try:
                 self.metrics.committed({self.kafka.events_topic: result.events, self.kafka.items_topic: result.items},
                                        result.dead_letter_kinds, result.lag, result.latency_s, result.records > 0)
+                for topic, n in result.retention_gaps.items():
+                    self.metrics.retention_gap(topic, n)
+                if result.dead_letter_publish_failures:
+                    self.metrics.dead_letter_publish_failed(self.kafka.dead_letter_topic,
+                                                            result.dead_letter_publish_failures)
             except Exception:  # metrics are best effort; the batch is committed
                 log.exception("recording ingest metrics failed")
         return result
@@ -205,9 +226,26 @@ class Ingestor:
         marks = watermarks(self.kafka, self.settings, [self.kafka.events_topic, self.kafka.items_topic])
         return {t: {p: high for p, (_, high) in parts.items()} for t, parts in marks.items()}
 
+    def _check_topic_ids(self, topics: list[str]) -> None:
+        """Refuse a topic that was deleted and re-created since the ledger last committed it.
+
+        Its offsets start again at 0, so the ledger's offsets and the lake's range file names mean
+        nothing for it: the new topic goes to a new storage.root (docs/operations.md). New ids
+        are recorded by the next commit.
+        """
+        current = topic_ids(self.kafka, self.settings, topics)
+        for topic, new in current.items():
+            old = self.ledger.topic_ids.get(topic)
+            if old is not None and old != new:
+                raise LakeError(f"topic {topic!r} was deleted and re-created (topic id {old} in the ledger of "
+                                f"{self.storage.uri}, {new} in Kafka); its offsets restarted, so this lake "
+                                f"cannot continue it: ingest this topic into a new storage.root")
+        self._topic_ids = {**self.ledger.topic_ids, **current}
+
     def _plan(self, marks: dict[str, dict[int, tuple[int, int]]], until: dict[str, dict[int, int]] | None
               ) -> list[PartitionRange]:
         ranges = []
+        self._gaps = {}
         for topic, parts in marks.items():
             capped = topic == self.kafka.events_topic  # the compacted item topic is read to its end
             for partition, (low, high) in parts.items():
@@ -220,6 +258,8 @@ class Ingestor:
                     if start is not None:
                         log.error("%s[%d]: offsets %d..%d were deleted by Kafka retention before ingestion",
                                   topic, partition, start, low)
+                        # recorded in the ledger (and counted) by the batch that moves past them
+                        self._gaps[(topic, partition)] = (start, low)
                     start = low
                 end = high
                 if until is not None:
@@ -232,6 +272,7 @@ class Ingestor:
     def _run_batch(self, until: dict[str, dict[int, int]] | None) -> BatchResult:
         topics = [self.kafka.events_topic, self.kafka.items_topic]
         marks = watermarks(self.kafka, self.settings, topics)
+        self._check_topic_ids([t for t in topics if marks.get(t)])
         ranges = self._plan(marks, until)
         todo = [r for r in ranges if r.end > r.start]
         highs = {(t, p): high for t, parts in marks.items() for p, (_, high) in parts.items()}
@@ -240,8 +281,8 @@ class Ingestor:
         self.faults.next_batch()
         planned = sum(r.end - r.start for r in todo)
         started = time.monotonic()
-        validated = self._read(ranges, todo)
-        covered, validated = settle(validated, todo)
+        validated, delivered = self._read(todo)
+        covered, validated = settle(validated, todo, delivered)
         read_s = time.monotonic() - started
         if not covered:  # nothing came back (e.g. every read timed out): try again later
             return BatchResult(planned=planned, caught_up=False, lag=self._lag(highs), read_s=read_s)
@@ -249,32 +290,28 @@ class Ingestor:
         result.planned, result.read_s, result.write_s = planned, read_s, time.monotonic() - started - read_s
         return result
 
-    def _read(self, ranges: list[PartitionRange], todo: list[PartitionRange]) -> pa.Table:
+    def _read(self, todo: list[PartitionRange]) -> tuple[pa.Table, dict[tuple[str, int], int]]:
+        """Read and validate each planned range in a Ray task; (validated rows, delivered end per range).
+
+        One task per partition range (precise.ingest.reader): it stops at the last delivered
+        offset, so transaction markers and aborted records never make a batch wait.
+        """
         import ray
 
-        topics = sorted({r.topic for r in todo})
-        # Every partition of a topic we read must be listed: Ray reads unlisted ones from
-        # "earliest" to "latest". Idle partitions get an empty range.
-        start = {t: {r.partition: r.start for r in ranges if r.topic == t} for t in topics}
-        end = {t: {r.partition: r.end for r in ranges if r.topic == t} for t in topics}
-        tasks = sum(len(parts) for parts in start.values())
         options = librdkafka_options(self.kafka, self.settings)
-        ds = ray.data.read_kafka(
-            topics, bootstrap_servers=self.kafka.bootstrap_servers, start_offset=start, end_offset=end,
-            consumer_config=options or None, timeout_ms=int(self.settings.read_timeout_s * 1000),
-            num_cpus=self.settings.read_num_cpus,
-            override_num_blocks=tasks,  # else Ray splits each partition's output into ~200 tiny blocks
-        )
-        ds = ds.map_batches(
-            validate_records, batch_format="pyarrow", batch_size=None, num_cpus=self.settings.read_num_cpus,
-            fn_kwargs={"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
-                       "allowed_actions": self.allowed_actions,
-                       "max_payload_bytes": self.settings.max_payload_bytes},
-        )
-        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-        if not tables:
-            return VALIDATED_SCHEMA.empty_table()
-        return pa.concat_tables(tables)
+        kwargs = {"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
+                  "allowed_actions": self.allowed_actions,
+                  "max_payload_bytes": self.settings.max_payload_bytes,
+                  "max_event_time_ahead_s": self.settings.max_event_time_ahead_s}
+        task = ray.remote(_read_and_validate).options(num_cpus=self.settings.read_num_cpus, num_returns=2,
+                                                      max_retries=0)
+        refs = [task.remote(self.kafka.bootstrap_servers, options, r.topic, r.partition, r.start, r.end,
+                            self.settings.read_timeout_s, kwargs) for r in todo]
+        tables = ray.get([t for t, _ in refs])
+        ends = ray.get([e for _, e in refs])
+        delivered = {(r.topic, r.partition): end for r, end in zip(todo, ends, strict=True)}
+        tables = [t for t in tables if t.num_rows]
+        return (pa.concat_tables(tables) if tables else VALIDATED_SCHEMA.empty_table()), delivered
 
     def _split_events(self, rows: pa.Table) -> tuple[pa.Table, pa.Table]:
         """(new valid events, rejects) of the events topic, duplicates turned into rejects."""
@@ -321,17 +358,20 @@ class Ingestor:
             if files == 1:
                 self.faults.hit("mid_write")
         dead_letters = _dead_letter_table(rejected, now)
+        to_publish: list[dict[str, Any]] = []
         for (topic, part), (start, stop) in covered.items():
             rows = dead_letters.filter(pc.and_(pc.equal(dead_letters.column("topic"), topic),
                                                pc.equal(dead_letters.column("partition"), part)))
             if rows.num_rows:
-                self.storage.write_parquet(self.layout.dead_letter_file(topic, part, start, stop), rows,
-                                           durable=False)
+                path = self.layout.dead_letter_file(topic, part, start, stop)
+                self.storage.write_parquet(path, rows, durable=False)
                 files += 1
-        if dead_letters.num_rows and self.settings.publish_dead_letters:
-            if self._publisher is None:
-                self._publisher = DeadLetterPublisher(self.kafka, self.settings)
-            self._publisher.publish(dead_letters.to_pylist())
+                if self.settings.publish_dead_letters:
+                    to_publish += [{**row, "lake_file": self.storage.relative(path), "lake_row": i}
+                                   for i, row in enumerate(rows.to_pylist())]
+        publish_failures = 0
+        if to_publish:
+            publish_failures = self._publish(to_publish)
         if item_records.num_rows:
             current = self.items if self.items is not None else read_items(self.storage)
             self.items = merge_items(current, item_rows(item_records))
@@ -345,17 +385,42 @@ class Ingestor:
         totals = Counter(self.ledger.totals)
         totals.update({"events": events.num_rows, "dead_letters": dead_letters.num_rows,
                        "item_records": item_records.num_rows})
-        ledger = replace(self.ledger, offsets=offsets, batches=self.ledger.batches + 1, totals=dict(totals))
+        gaps = [{"topic": t, "partition": p, "start": lo, "end": hi, "detected_at_ms": now}
+                for (t, p), (lo, hi) in sorted(self._gaps.items()) if (t, p) in covered]
+        gap_counts: Counter[str] = Counter()
+        for gap in gaps:
+            gap_counts[gap["topic"]] += gap["end"] - gap["start"]
+        totals.update({"retention_gap_records": sum(gap_counts.values())})
+        generation = self._lease.generation if self._lease is not None else 0
+        ledger = replace(self.ledger, offsets=offsets, batches=self.ledger.batches + 1, totals=dict(totals),
+                         gaps=[*self.ledger.gaps, *gaps], topic_ids=dict(self._topic_ids),
+                         writer_generation=generation)
+        if self._lease is not None:  # a fenced writer never commits
+            self._lease.check(load_ledger(self.storage).writer_generation)
         save_ledger(self.storage, ledger)
         self.ledger = ledger  # only now: until the ledger is on disk, the batch did not happen
         self.event_ids.update(events.column("event_id").to_pylist())
         self.faults.hit("after_ledger")
+        advanced = sum(stop - start for start, stop in covered.values())
         kinds = Counter(zip(dead_letters.column("topic").to_pylist(),
                             dead_letters.column("reason_kind").to_pylist(), strict=True))
         lag = self._lag(highs)
-        return BatchResult(records=validated.num_rows, events=events.num_rows, dead_letters=dead_letters.num_rows,
+        return BatchResult(records=validated.num_rows, advanced=advanced, events=events.num_rows,
+                           dead_letters=dead_letters.num_rows,
                            items=item_records.num_rows, caught_up=not any(lag.values()), lag=lag,
-                           dead_letter_kinds=dict(kinds), files=files)
+                           dead_letter_kinds=dict(kinds), files=files,
+                           dead_letter_publish_failures=publish_failures, retention_gaps=dict(gap_counts))
+
+    def _publish(self, rows: list[dict[str, Any]]) -> int:
+        """Copy dead letters to the topic; a failure of any kind is counted and logged, never fatal."""
+        try:
+            if self._publisher is None:
+                self._publisher = DeadLetterPublisher(self.kafka, self.settings)
+            return self._publisher.publish(rows)
+        except Exception:
+            log.exception("publishing %d dead letters to %s failed; they are in the lake", len(rows),
+                          self.kafka.dead_letter_topic)
+            return len(rows)
 
     def _event_files(self, events: pa.Table, covered: dict[tuple[str, int], tuple[int, int]], now: int
                      ) -> list[tuple[str, pa.Table]]:
@@ -386,11 +451,13 @@ class Ingestor:
         return {(t, p): max(0, high - (self.ledger.next_offset(t, p) or 0)) for (t, p), high in highs.items()}
 
 
-def settle(validated: pa.Table, todo: list[PartitionRange]) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
+def settle(validated: pa.Table, todo: list[PartitionRange], delivered: dict[tuple[str, int], int] | None = None
+           ) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
     """Keep the records inside the planned ranges; per partition, the range they actually cover.
 
-    The covered range ends after the greatest offset seen, never at the planned end: Ray's reader
-    returns what it has when its timeout expires. A partition that returned nothing is not covered.
+    The covered range ends after the greatest offset seen, or at the reader's delivered end if that
+    is further (transaction markers and aborted records after the last record), never at the
+    planned end: a read may stop early on its timeout. A partition that got nowhere is not covered.
     """
     topic, partition, offset = (validated.column(c) for c in ("topic", "partition", "offset"))
     keep = None
@@ -399,11 +466,20 @@ def settle(validated: pa.Table, todo: list[PartitionRange]) -> tuple[dict[tuple[
         mask = pc.and_(pc.and_(pc.equal(topic, r.topic), pc.equal(partition, r.partition)),
                        pc.and_(pc.greater_equal(offset, r.start), pc.less(offset, r.end)))
         seen = pc.max(pc.filter(offset, mask)).as_py()
-        if seen is not None:
-            covered[(r.topic, r.partition)] = (r.start, seen + 1)
+        stop = r.start if seen is None else seen + 1
+        stop = max(stop, min(r.end, (delivered or {}).get((r.topic, r.partition), r.start)))
+        if stop > r.start:
+            covered[(r.topic, r.partition)] = (r.start, stop)
         keep = mask if keep is None else pc.or_(keep, mask)
     validated = validated.filter(keep) if keep is not None else validated.slice(0, 0)
     return covered, validated.sort_by([("topic", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
+
+
+def _read_and_validate(bootstrap_servers: str, options: dict[str, Any], topic: str, partition: int, start: int,
+                       end: int, timeout_s: float, kwargs: dict[str, Any]) -> tuple[pa.Table, int]:
+    """The Ray task of one partition range: committed records, validated, and the delivered end."""
+    raw, position = read_partition(bootstrap_servers, options, topic, partition, start, end, timeout_s)
+    return validate_records(raw, **kwargs), position
 
 
 def _dead_letter_table(rejected: pa.Table, now: int) -> pa.Table:

@@ -79,8 +79,8 @@ class IngestJob:
                     if target is None:
                         target = ingestor.end_offsets()
                     result = ingestor.run_batch(until=target)
-                    if result.planned and not result.records:
-                        raise RuntimeError("the planned range returned no records (read timed out?)")
+                    if result.planned and not result.advanced:
+                        raise RuntimeError("the planned range returned nothing (read timed out?)")
                 except Exception as exc:
                     failures += 1
                     self.totals["failures"] += 1

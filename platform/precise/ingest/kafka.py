@@ -74,21 +74,45 @@ def watermarks(kafka: KafkaConfig, ingest: IngestConfig, topics: list[str]) -> d
 class DeadLetterPublisher:
     """Publishes rejected records to the dead-letter topic (at least once: re-sent if a batch is re-run).
 
-    The value is JSON with the reason, the source topic/partition/offset and the raw key and value in
-    base64; the key is "<topic>:<partition>:<offset>", so consumers can drop repeats.
+    The value is JSON with the reason, the source topic/partition/offset, the raw key and value in
+    base64 cut to `ingest.dead_letter_max_bytes` (with their full sizes and `*_truncated` flags), and
+    `lake_file` / `lake_row`: where the complete record lies in the lake's dead-letter folder, the
+    record of truth. The key is "<topic>:<partition>:<offset>", so consumers can drop repeats.
     """
 
     def __init__(self, kafka: KafkaConfig, ingest: IngestConfig) -> None:
         from confluent_kafka import Producer
 
         self.topic = kafka.dead_letter_topic
+        self.max_bytes = ingest.dead_letter_max_bytes
         self.timeout_s = max(ingest.kafka_timeout_s * 3, 30.0)
         self._producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "enable.idempotence": True,
                                    "linger.ms": 20, "message.timeout.ms": int(self.timeout_s * 1000),
                                    **librdkafka_options(kafka, ingest)})
 
-    def publish(self, rows: list[dict[str, Any]]) -> None:
-        """Send every row and wait for the broker's acknowledgement; raise if any is not delivered."""
+    def message(self, row: dict[str, Any], now: int) -> dict[str, Any]:
+        """The topic message of one dead-letter row: bounded in size whatever the record's size."""
+        payload: dict[str, Any] = {
+            "reason": row["reason"][:1000] if row["reason"] else row["reason"],
+            "reason_kind": row["reason_kind"], "topic": row["topic"],
+            "partition": row["partition"], "offset": row["offset"], "kafka_ts": row["kafka_ts"],
+            "lake_file": row.get("lake_file"), "lake_row": row.get("lake_row"), "ingest_ts": now,
+        }
+        for name in ("key", "value"):
+            raw = row[name]
+            payload[f"{name}_b64"] = None if raw is None else base64.b64encode(raw[:self.max_bytes]).decode()
+            payload[f"{name}_bytes"] = None if raw is None else len(raw)
+            payload[f"{name}_truncated"] = raw is not None and len(raw) > self.max_bytes
+        return payload
+
+    def publish(self, rows: list[dict[str, Any]]) -> int:
+        """Send every row and wait for the broker's acknowledgements; return how many failed.
+
+        Never raises for a record or the broker: the rows are already in the lake; a failure is
+        logged and counted (precise_ingest_dead_letter_publish_failures) by the caller.
+        """
+        from confluent_kafka import KafkaException
+
         errors: list[str] = []
 
         def delivered(err: Any, _msg: Any) -> None:
@@ -97,25 +121,37 @@ class DeadLetterPublisher:
 
         now = int(time.time() * 1000)
         for row in rows:
-            payload = {
-                "reason": row["reason"], "reason_kind": row["reason_kind"], "topic": row["topic"],
-                "partition": row["partition"], "offset": row["offset"], "kafka_ts": row["kafka_ts"],
-                "key_b64": None if row["key"] is None else base64.b64encode(row["key"]).decode(),
-                "value_b64": None if row["value"] is None else base64.b64encode(row["value"]).decode(),
-                "ingest_ts": now,
-            }
             key = f"{row['topic']}:{row['partition']}:{row['offset']}".encode()
+            value = json.dumps(self.message(row, now)).encode()
             while True:
                 try:
-                    self._producer.produce(self.topic, value=json.dumps(payload).encode(), key=key,
-                                           on_delivery=delivered)
+                    self._producer.produce(self.topic, value=value, key=key, on_delivery=delivered)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self._producer.poll(0.5)
-        remaining = self._producer.flush(self.timeout_s)
-        if remaining or errors:
-            raise RuntimeError(f"dead-letter topic {self.topic}: {remaining} records undelivered, "
-                               f"{len(errors)} failed ({errors[:1]})")
+                except KafkaException as exc:  # refused locally (e.g. size, unknown topic)
+                    errors.append(str(exc))
+                    break
+        try:
+            remaining = self._producer.flush(self.timeout_s)
+        except KafkaException as exc:
+            errors.append(str(exc))
+            remaining = 0
+        failed = remaining + len(errors)
+        if failed:
+            log.error("dead-letter topic %s: %d of %d records not published (%s); they are in the lake's "
+                      "dead-letter files", self.topic, failed, len(rows), errors[:1])
+        return failed
 
     def close(self) -> None:
         self._producer.flush(5)
+
+
+def topic_ids(kafka: KafkaConfig, ingest: IngestConfig, topics: list[str]) -> dict[str, str]:
+    """Kafka's topic id (a UUID, new for every creation) of each topic in `topics` (all must exist)."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, **librdkafka_options(kafka, ingest)})
+    futures = admin.describe_topics(TopicCollection(topics), request_timeout=ingest.kafka_timeout_s)
+    return {topic: str(future.result(ingest.kafka_timeout_s * 2).topic_id) for topic, future in futures.items()}

@@ -83,24 +83,29 @@ def _extra(model: Any) -> str | None:
     return json.dumps(extra, separators=(",", ":"), sort_keys=True) if extra else None
 
 
-def parse_event_fast(raw: bytes, allowed_actions: tuple[str, ...]) -> BehaviorEvent:
+def parse_event_fast(raw: bytes, allowed_actions: tuple[str, ...], context: dict[str, Any] | None = None
+                     ) -> BehaviorEvent:
     """`parse_event`, with pydantic's JSON parser tried first (about twice as fast).
 
     Anything the fast path refuses goes through `parse_event`, so the accepted events and every
     rejection reason are exactly `parse_event`'s.
     """
     try:
-        event = BehaviorEvent.model_validate_json(raw)
+        event = BehaviorEvent.model_validate_json(raw, context=context)
     except (ValidationError, ValueError):
-        return parse_event(raw, allowed_actions)
+        return parse_event(raw, allowed_actions, context)
     if event.action not in allowed_actions:
-        return parse_event(raw, allowed_actions)  # raises with the canonical reason
+        return parse_event(raw, allowed_actions, context)  # raises with the canonical reason
     return event
 
 
 def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, allowed_actions: tuple[str, ...],
-                     max_payload_bytes: int) -> pa.Table:
-    """Validate one block of Kafka records (the `map_batches` function); see VALIDATED_SCHEMA."""
+                     max_payload_bytes: int, max_event_time_ahead_s: float = 86_400.0) -> pa.Table:
+    """Validate one block of Kafka records (the `map_batches` function); see VALIDATED_SCHEMA.
+
+    Event time may be up to `max_event_time_ahead_s` ahead of the later of this worker's clock and
+    the record's Kafka timestamp: a worker with a slow clock does not reject a broker-stamped event.
+    """
     columns: dict[str, list[Any]] = {name: [] for name in VALIDATED_SCHEMA.names}
     topics = batch.column("topic").to_pylist()
     keys = batch.column("key").to_pylist()
@@ -112,7 +117,8 @@ def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, al
     columns["key"] = keys
     columns["raw"] = values
     fields = {name: columns[name] for name in _FIELDS}
-    for topic, key, raw in zip(topics, keys, values, strict=True):
+    ahead_ms = max_event_time_ahead_s * 1000
+    for topic, key, raw, kafka_ts in zip(topics, keys, values, columns["kafka_ts"], strict=True):
         row: dict[str, Any] = {}
         reason = None
         try:
@@ -121,7 +127,7 @@ def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, al
             if topic == events_topic:
                 if raw is None:
                     raise InvalidEventError("empty record: an event needs a JSON value")
-                event = parse_event_fast(raw, allowed_actions)
+                event = parse_event_fast(raw, allowed_actions, {"now_ms": kafka_ts, "max_ahead_ms": ahead_ms})
                 row = {"event_id": event.event_id, "user_id": event.user_id, "item_id": event.item_id,
                        "scene": event.scene, "action": event.action, "ts": event.ts, "value": event.value,
                        "extra": _extra(event)}

@@ -23,6 +23,12 @@ class IngestMetrics:
         observe("precise_ingest_batch_latency_s", latency_s, status="committed")
         inc("precise_ingest_batches", status="committed")
 
+    def dead_letter_publish_failed(self, topic: str, n: int) -> None:
+        inc("precise_ingest_dead_letter_publish_failures", n, topic=topic)
+
+    def retention_gap(self, topic: str, n: int) -> None:
+        inc("precise_ingest_retention_gap_records", n, topic=topic)
+
     def failed(self, latency_s: float) -> None:
         observe("precise_ingest_batch_latency_s", latency_s, status="failed")
         inc("precise_ingest_batches", status="failed")

@@ -64,6 +64,10 @@ class Files:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def relative(self, path: str) -> str:
+        """`path` relative to the root (how messages outside the store name a file)."""
+        return path.removeprefix(self.root).lstrip("/")
+
     def local_path(self, *parts: str) -> Path:
         """A path under a local root, for libraries that write local files (safetensors, FAISS)."""
         if not self.local:

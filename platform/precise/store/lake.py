@@ -154,6 +154,14 @@ class Ledger:
     batches: int = 0
     committed_at_ms: int = 0
     totals: dict[str, int] = field(default_factory=dict)
+    # Offsets Kafka retention deleted before they were ingested: {topic, partition, start, end,
+    # detected_at_ms}, appended when the batch that skipped them commits (totals: retention_gap_records)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    # Kafka's topic id of each topic the offsets belong to: a topic deleted and re-created (same
+    # name, offsets from 0 again) has a new id, and ingest refuses to mix the two in one lake
+    topic_ids: dict[str, str] = field(default_factory=dict)
+    rewinds: list[dict[str, Any]] = field(default_factory=list)  # `precise lake rewind` history
+    writer_generation: int = 0  # the writer lease generation of the job that committed this ledger
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self.offsets.get(topic, {}).get(partition)
@@ -167,6 +175,10 @@ class Ledger:
             "committed_at_ms": self.committed_at_ms,
             "offsets": {t: {str(p): o for p, o in sorted(parts.items())} for t, parts in self.offsets.items()},
             "totals": self.totals,
+            "gaps": self.gaps,
+            "topic_ids": self.topic_ids,
+            "rewinds": self.rewinds,
+            "writer_generation": self.writer_generation,
         }, indent=1).encode()
 
     @classmethod
@@ -177,7 +189,9 @@ class Ledger:
         return cls(offsets={t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw["offsets"].items()},
                    events_topic=raw.get("events_topic"), items_topic=raw.get("items_topic"),
                    batches=int(raw.get("batches", 0)), committed_at_ms=int(raw.get("committed_at_ms", 0)),
-                   totals=dict(raw.get("totals", {})))
+                   totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])),
+                   topic_ids=dict(raw.get("topic_ids", {})), rewinds=list(raw.get("rewinds", [])),
+                   writer_generation=int(raw.get("writer_generation", 0)))
 
 
 def load_ledger(storage: Files) -> Ledger:
