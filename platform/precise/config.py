@@ -212,7 +212,7 @@ class IngestConfig(Section):
     compact_interval_s: float = Field(300.0, gt=0)  # continuous mode: at most one compaction pass per interval
     # Merged-away files stay (ignored by readers) this long, so a reader that listed them can finish
     compact_grace_s: float = Field(600.0, ge=0)
-    # Passed to the Confluent consumer of `ray.data.read_kafka` and the offset queries (librdkafka
+    # Passed to the Confluent consumer of the partition reads and the offset queries (librdkafka
     # names), on top of what kafka.client_options maps to.
     consumer_config: dict[str, Any] = Field(default_factory=dict)
 

@@ -1,9 +1,10 @@
 """Ingest stage: Kafka -> validated event lake (exactly once) -> per-user sequences.
 
-    validate.py   raw record -> event / item / reject with a reason (runs in Ray Data tasks)
+    validate.py   raw record -> event / item / reject with a reason (runs in the read tasks)
     kafka.py      offset queries and the dead-letter topic (confluent-kafka, with timeouts)
     items.py      the item table (latest text, first-seen time), an idempotent upsert
-    batch.py      one micro-batch: plan, read (ray.data.read_kafka), dedupe, write, commit
+    reader.py     one partition range read to its last delivered offset (read_committed, in a Ray task)
+    batch.py      one micro-batch: plan, read + validate (Ray tasks), dedupe, write, commit
     sequences.py  the incremental builder of all-scene and target sequences (Ray Data)
     compact.py    merging a partition's small lake files
     job.py        --once / continuous modes, retries, graceful stop (jobs/ingest.py calls it)
