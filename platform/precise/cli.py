@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import metadata
 
 from precise.config import ConfigError, load_config
 from precise.stack import LocalStack, StackError, kafka_jars
@@ -52,8 +53,17 @@ def _stack(args: argparse.Namespace) -> int:
     return 0 if status["kafka"]["running"] else 3
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    try:
+        return metadata.version("precise-on-ray")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="precise", description="PRECISE on Ray")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     stack = sub.add_parser("stack", help="the embedded local stack: Kafka broker + Ray head")
     stack.add_argument("action", choices=["up", "down", "status", "fetch"])
