@@ -7,6 +7,7 @@ import json
 import sys
 from importlib import metadata
 
+from precise import cli_config
 from precise.config import ConfigError, load_config
 from precise.stack import LocalStack, StackError, kafka_jars
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("--metrics", action="store_true",
                        help="status: list the platform's metrics (ray_precise_*) from the Prometheus endpoint")
     stack.set_defaults(func=_stack)
+    cli_config.register(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
