@@ -7,7 +7,7 @@ import json
 import sys
 from importlib import metadata
 
-from precise import cli_config
+from precise import cli_config, cli_snapshots
 from precise.config import ConfigError, load_config
 from precise.stack import LocalStack, StackError, kafka_jars
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="status: list the platform's metrics (ray_precise_*) from the Prometheus endpoint")
     stack.set_defaults(func=_stack)
     cli_config.register(sub)
+    cli_snapshots.register(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
