@@ -7,7 +7,7 @@ import json
 import sys
 from importlib import metadata
 
-from precise import cli_config, cli_snapshots
+from precise import cli_config, cli_models, cli_snapshots
 from precise.config import ConfigError, load_config
 from precise.stack import LocalStack, StackError, kafka_jars
 
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.set_defaults(func=_stack)
     cli_config.register(sub)
     cli_snapshots.register(sub)
+    cli_models.register(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
