@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from precise.config import PreciseConfig
+from precise.predict.demo import publish_random_snapshot
 from precise.predict.embedders import TableEmbedder, write_vector_table
 from precise.store.snapshots import SnapshotStore, read_items, read_users
 from precise.vectors import normalize
@@ -90,3 +91,16 @@ def test_demo_cli_publishes_a_snapshot(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["version"] == "000001"
     assert SnapshotStore(tmp_path, "d").latest().manifest["num_items"] == 20
+
+
+def test_demo_cli_refuses_to_cover_a_real_models_snapshot(tmp_path):
+    # a snapshot of a real model (not "random-*") is what the task serves: the demo must not replace it
+    publish_random_snapshot(tmp_path, "d", users=2, items=5, dim=4, seed=0, model_version="universal-000001")
+    cmd = [sys.executable, "-m", "precise.predict.demo", "--root", str(tmp_path), "--task", "d",
+           "--users", "3", "--items", "6", "--dim", "4"]
+    refused = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert SnapshotStore(tmp_path, "d").versions() == ["000001"]
+    forced = subprocess.run([*cmd, "--force"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert forced.returncode == 0, forced.stderr
+    assert SnapshotStore(tmp_path, "d").latest_version() == "000002"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import metadata
 
+from precise import cli_config, cli_models, cli_snapshots
 from precise.config import ConfigError, load_config
 from precise.stack import LocalStack, StackError, kafka_jars
 
@@ -103,8 +105,17 @@ def _add_lake_parser(sub: argparse._SubParsersAction) -> None:
     rw.set_defaults(func=_lake_rewind)
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    try:
+        return metadata.version("precise-on-ray")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="precise", description="PRECISE on Ray")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     stack = sub.add_parser("stack", help="the embedded local stack: Kafka broker + Ray head")
     stack.add_argument("action", choices=["up", "down", "status", "fetch"])
@@ -115,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="status: list the platform's metrics (ray_precise_*) from the Prometheus endpoint")
     stack.set_defaults(func=_stack)
     _add_lake_parser(sub)
+    cli_config.register(sub)
+    cli_snapshots.register(sub)
+    cli_models.register(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -6,6 +6,7 @@ Serve); only their values are made up, deterministically from `seed`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=3706)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true",
+                        help="publish even if the task already serves a snapshot made from a real model")
     args = parser.parse_args(argv)
     root = args.root or load_config(args.config).storage.resolved_root()
+    # Random vectors published over a real pipeline's snapshot would become the newest version and
+    # be served: refuse unless the operator says so.
+    latest = SnapshotStore(root, args.task).latest()
+    real = latest is not None and not str(latest.manifest.get("model_version", "")).startswith("random-")
+    if real and not args.force:
+        print(f"error: task {args.task!r} serves snapshot {latest.version} of model "
+              f"{latest.manifest.get('model_version')}; random vectors would replace it. Use another --task, "
+              "or --force.", file=sys.stderr)
+        return 1
     ref, _ = publish_random_snapshot(root, args.task, users=args.users, items=args.items, dim=args.dim,
                                      seed=args.seed, model_version=f"random-{args.seed}")
     print(json.dumps({"task": ref.task, "version": ref.version, "path": str(ref.path)}))
