@@ -48,7 +48,7 @@ def _check_ts(value: int, context: Any = None) -> int:
     now_ms = max(time.time() * 1000, context.get("now_ms") or 0)
     ahead_ms = context.get("max_ahead_ms", MAX_FUTURE_MS)
     if value > now_ms + ahead_ms:
-        raise ValueError(f"is more than {ahead_ms / 3_600_000:g} h ahead of the clock "
+        raise ValueError(f"is in the future: more than {ahead_ms / 3_600_000:g} h ahead of the clock "
                          f"(epoch milliseconds expected; allowance: ingest.max_event_time_ahead_s)")
     return value
 
