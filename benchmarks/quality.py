@@ -160,19 +160,43 @@ def reuse_universal(cfg: PreciseConfig, seed: int, runs: Path, wait_s: float, lo
     if json.loads(registry.read_file(version, ITEMS_FILE)) != setup.items:
         raise SystemExit(f"quality.universal_from: the item vocabulary under {source} differs from this lake's")
     log(f"[universal/all] seed {seed}: ut reused from {source} ({version.ref})")
+    return setup, recipe.trained_model(setup, registry.load_state_dict(version)), \
+        record_of(version, reused_from=str(source))
+
+
+def record_of(version: Any, **extra: Any) -> dict[str, Any]:
+    """The training record of a registered version, from its metadata."""
     meta = version.metadata
-    record = {"best_epoch": meta["selected_by"]["epoch"], "best_val": meta["selected_by"]["value"],
-              "select_metric": meta["selected_by"]["metric"], "history": meta["history"],
-              "train_s": round(sum(r.get("seconds", 0.0) for r in meta["history"]), 1),
-              "wall_s": 0.0, "model": version.ref, "reused_from": str(source)}
-    return setup, recipe.trained_model(setup, registry.load_state_dict(version)), record
+    return {"best_epoch": meta["selected_by"]["epoch"], "best_val": meta["selected_by"]["value"],
+            "select_metric": meta["selected_by"]["metric"], "history": meta["history"],
+            "train_s": round(sum(r.get("seconds", 0.0) for r in meta["history"]), 1), "wall_s": 0.0,
+            "model": version.ref, "test_curve": meta.get("benchmark_test_curve", []), **extra}
+
+
+def registered_variant(cfg: PreciseConfig, variant: str, seed: int, runs: Path
+                       ) -> tuple[recipe.Setup, torch.nn.Module, dict[str, Any]]:
+    """`--evaluate-registered`: the model a previous run of this config registered, evaluated again."""
+    kind = "universal" if variant in UNIVERSAL_VARIANTS else "targeted"
+    registry = ModelRegistry(runs / f"seed{seed}" / ("ut" if variant == "ut_tt" else variant))
+    start = "scratch" if variant in ("tt", *UNIVERSAL_VARIANTS) else "parent"
+    setup = recipe.setup(cfg, kind, start=start, registry=registry)
+    version = registry.latest(kind, setup.task)
+    if version is None:
+        raise SystemExit(f"--evaluate-registered: no {variant} model of seed {seed} under {registry.root}")
+    if json.loads(registry.read_file(version, ITEMS_FILE)) != setup.items:
+        raise SystemExit(f"--evaluate-registered: the vocabulary of {version.ref} differs from this lake's")
+    model = recipe.trained_model(setup, registry.load_state_dict(version))
+    return setup, model, record_of(version, evaluated_again=True)
 
 
 def run_variant(config: PreciseConfig, variant: str, seed: int, runs: Path, device: str, log: Any,
-                wait_s: float = 0.0) -> tuple[recipe.Setup, torch.nn.Module, dict[str, Any]]:
+                wait_s: float = 0.0, registered: bool = False) -> tuple[recipe.Setup, torch.nn.Module, dict[str, Any]]:
     """Set up, fit, register and reload one variant; returns its setup, model and training record."""
     started = time.perf_counter()
     cfg = variant_config(config, variant, seed, Path(config.storage.root))
+    if registered:
+        setup, model, record = registered_variant(cfg, variant, seed, runs)
+        return setup, model.to(device), record
     if variant == "ut" and config.quality.universal_from:
         setup, model, record = reuse_universal(cfg, seed, runs, wait_s, log)
         return setup, model.to(device), record
@@ -195,7 +219,7 @@ def run_variant(config: PreciseConfig, variant: str, seed: int, runs: Path, devi
                       "test_R@10": metrics["R@10"], "test_N@10": metrics["N@10"]})
 
     state, progress = recipe.fit(setup.payload, device=device, log=log, on_epoch=test_after_validation)
-    version = recipe.register(setup, state, progress, cfg, registry)
+    version = recipe.register(setup, state, progress, cfg, registry, extra={"benchmark_test_curve": curve})
     model = recipe.trained_model(setup, registry.load_state_dict(version)).to(device)
     record = {"best_epoch": progress.best_epoch, "best_val": progress.best_metric,
               "select_metric": setup.payload.select_metric, "history": progress.history,
@@ -215,7 +239,7 @@ def universal_on_target(ut: recipe.Setup, target: recipe.Setup) -> Any:
 
 
 def run_quality(config: PreciseConfig, runs: Path, device: str = "cpu", log: Any = print,
-                wait_s: float = 0.0) -> dict[str, Any]:
+                wait_s: float = 0.0, registered: bool = False) -> dict[str, Any]:
     q = config.quality
     started = time.perf_counter()
     ks = tuple(q.ks)
@@ -236,7 +260,7 @@ def run_quality(config: PreciseConfig, runs: Path, device: str = "cpu", log: Any
     for seed in q.seeds:
         setups: dict[str, tuple[recipe.Setup, torch.nn.Module]] = {}
         for name in [*universal_names, *targeted_names]:
-            setup, model, record = run_variant(config, name, seed, runs, device, log, wait_s)
+            setup, model, record = run_variant(config, name, seed, runs, device, log, wait_s, registered)
             setups[name] = (setup, model)
             training.setdefault(name, {})[seed] = record
             if name in variants:
@@ -361,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--root", type=Path, help="the lake to train on (default: one per dataset, built once)")
     parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--evaluate-registered", action="store_true",
+                        help="no training: evaluate the models the last run of this config registered")
     parser.add_argument("--wait", type=float, default=0.0, metavar="S",
                         help="quality.universal_from: wait up to S seconds per seed for that run's ut")
     args = parser.parse_args(argv)
@@ -390,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         build_lake(config, root, log)
     stem = path.stem
     runs = args.results / "runs" / stem
-    shutil.rmtree(runs, ignore_errors=True)
-    report = run_quality(config, runs, args.device, log, args.wait)
-    report["config"] = str(path.relative_to(REPO) if path.resolve().is_relative_to(REPO) else path)
+    if not args.evaluate_registered:
+        shutil.rmtree(runs, ignore_errors=True)
+    report = run_quality(config, runs, args.device, log, args.wait, args.evaluate_registered)
+    resolved = path.resolve()
+    report["config"] = str(resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else resolved)
     report["command"] = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report["lake"] = str(root)
     plot = args.results / f"{stem}.png"

@@ -140,8 +140,9 @@ def main() -> int:
         written.append(quality_curves(report, name))
     if quality:
         written.append(quality_bars(quality))
-    if "quality_ml100k" in quality:
-        written.append(time_to_quality(quality["quality_ml100k"]))
+    like = quality.get("quality_ml100k")
+    if like and any(r.get("test_curve") for seeds in like["training"].values() for r in seeds.values()):
+        written.append(time_to_quality(like))  # runs that kept every epoch's test metric
     if (serve := load("serve_full")) is not None:
         written.append(serve_latency(serve))
     for path in written:

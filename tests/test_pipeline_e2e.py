@@ -71,7 +71,7 @@ def test_pipeline_with_poison_publishes_and_serves_the_trained_model(kafka_broke
         "training": {"model": {"fusion": "id", "max_len": 20, "id_dim": 8, "num_layers": 1, "num_negatives": 16},
                      "universal": {"epochs": 1}, "targeted": {"epochs": 1}, "num_workers": 1,
                      "cpus_per_worker": 0.5},
-        "pipeline": {"cycle_s": 86_400, "max_cycles": 1, "predict": True},
+        "pipeline": {"cycle_s": 86_400, "max_cycles": 1, "predict": True, "item_cycle_s": 0},  # full cycles only
         "predict": {"task": f"snap{tag}", "actor_num_cpus": 0.25, "batch_size": 256},
         "serve": {"task": f"snap{tag}", "poll_interval_s": 0.5, "recent_enabled": False,
                   "recall": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.1}},

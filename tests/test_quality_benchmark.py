@@ -94,7 +94,16 @@ def test_universal_from_reuses_the_other_runs_ut_and_refuses_other_settings(ml10
     ml100k_copy(root)
     first = tiny_config(tmp_path, ["ut"], [1])  # tiny.yaml: trains ut
     assert quality.main(["--config", str(first), "--root", str(root), "--results", str(results)]) == 0
-    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["training"]["ut"]["1"]
+    first_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = first_report["training"]["ut"]["1"]
+    assert trained["test_curve"], "every validated epoch's test metric is recorded"
+    # --evaluate-registered: no training, the registered model evaluated again gives the same numbers
+    assert quality.main(["--config", str(first), "--root", str(root), "--results", str(results),
+                         "--evaluate-registered"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["results"]["ut"]["N@10"] == pytest.approx(first_report["results"]["ut"]["N@10"])
+    assert again["training"]["ut"]["1"]["model"] == trained["model"]
+    assert again["training"]["ut"]["1"]["test_curve"] == trained["test_curve"]  # kept in the model's metadata
 
     second = yaml.safe_load(first.read_text())
     second["quality"].update(variants=["ut_tt"], universal_from="tiny")
