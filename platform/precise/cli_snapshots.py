@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from precise.cli_errors import failing_with
 from precise.config import load_config
 from precise.store.snapshots import SnapshotError, SnapshotStore
 
@@ -64,12 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except SnapshotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+run = failing_with(SnapshotError)(_run)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
