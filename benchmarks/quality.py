@@ -363,7 +363,10 @@ def save_curves(report: dict[str, Any], path: Path) -> None:
             ax_loss.plot(*zip(*losses, strict=True), style, label=name)
         if vals:
             ax_val.plot(*zip(*vals, strict=True), style, marker="o", markersize=3, label=name)
-    ax_loss.set(title="training loss (UT: sampled softmax, TT dashed: BPR)", xlabel="epoch", ylabel="loss")
+    model = report["protocol"]["model"]
+    ut_loss = "full softmax" if model.get("full_softmax") else "sampled softmax"
+    tt_loss = {"users": "BPR (eq. 6)", "items": "item softmax", "both": "BPR + item softmax"}[model.get("target_loss", "users")]
+    ax_loss.set(title=f"training loss (UT: {ut_loss}; TT dashed: {tt_loss})", xlabel="epoch", ylabel="loss")
     ax_val.set(title=f"validation {select.removeprefix('val_')} (TT dashed: target task)", xlabel="epoch")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
