@@ -365,7 +365,8 @@ def save_curves(report: dict[str, Any], path: Path) -> None:
             ax_val.plot(*zip(*vals, strict=True), style, marker="o", markersize=3, label=name)
     model = report["protocol"]["model"]
     ut_loss = "full softmax" if model.get("full_softmax") else "sampled softmax"
-    tt_loss = {"users": "BPR (eq. 6)", "items": "item softmax", "both": "BPR + item softmax"}[model.get("target_loss", "users")]
+    tt_loss = {"users": "BPR (eq. 6)", "items": "item softmax",
+               "both": "BPR + item softmax"}[model.get("target_loss", "users")]
     ax_loss.set(title=f"training loss (UT: {ut_loss}; TT dashed: {tt_loss})", xlabel="epoch", ylabel="loss")
     ax_val.set(title=f"validation {select.removeprefix('val_')} (TT dashed: target task)", xlabel="epoch")
     for ax in (ax_loss, ax_val):
