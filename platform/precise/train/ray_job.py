@@ -8,15 +8,22 @@ the best epoch's weights, the progress) and reports. A worker that dies makes Ra
 group (up to `training.max_failures` times) and the loop resumes from the last checkpoint Ray Train
 registered (one reported moments before the death may not be yet: that epoch is redone, with the
 same batches: they are seeded by epoch). The driver registers the best epoch's weights.
+
+Rank 0 writes one line per epoch (loss, samples/s, validation, ETA) to its stdout, which Ray
+forwards to the driver: the job's log (`ray job logs`, the dashboard's job page) shows it while the
+job runs. When the driver's stderr is a terminal, rank 0 also sends a progress bar over each epoch's
+batches that the driver draws there (`ray.experimental.tqdm_ray`).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,11 +111,42 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             _save_checkpoint(directory, model, optimizer, progress, best)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
-    def log(line: str) -> None:
-        print(line, flush=True)  # one line per epoch in `ray job logs` and the dashboard's job page
-
     recipe.fit(payload, rank=rank, world=world, device=device, wrap=wrap if world > 1 else None, agree=agree,
-               resume=resume, on_epoch=on_epoch, log=log)
+               resume=resume, on_epoch=on_epoch, log=worker_log,
+               progress_bar=terminal_bar if cfg.get("progress") and rank == 0 else None)
+
+
+def worker_log(line: str) -> None:
+    """One line on the worker's stdout, which Ray forwards to the driver: the job's log (`ray job
+    logs`, the dashboard's job page) while it runs. Not `print`: Ray Train V2 patches it into its
+    logger and still tees to stdout, so every line would reach the driver twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def terminal_bar(description: str, total: int, batches: Iterator[Any]) -> Iterator[Any]:
+    """The epoch's batches as a progress bar that the driver draws in its terminal
+    (`ray.experimental.tqdm_ray`: the worker sends its state through its log, the driver renders
+    it with tqdm and keeps the other log lines clear of it)."""
+    from ray.experimental import tqdm_ray
+
+    def send(call: Callable[[], None]) -> None:
+        # tqdm_ray sends its state with `print`, which Ray Train V2 patches into its logger: that copy
+        # reaches the driver with an extra empty line and fills Train's log file. Ray's own `print`
+        # (kept by tqdm_ray before the patch) sends it once, to stdout.
+        patched, builtins.print = builtins.print, tqdm_ray._print
+        try:
+            call()
+        finally:
+            builtins.print = patched
+
+    bar = tqdm_ray.tqdm(desc=description, total=total, unit="batch")
+    try:
+        for batch in batches:
+            yield batch
+            send(bar.update)
+    finally:
+        send(bar.close)
 
 
 @dataclass
@@ -163,7 +201,9 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
           file=sys.stderr, flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"payload": ray.put(setup.payload), "threads": t.threads_per_worker, "use_gpu": t.use_gpu},
+        # progress: a bar per epoch when a person runs the driver in a terminal (never in a job's log)
+        train_loop_config={"payload": ray.put(setup.payload), "threads": t.threads_per_worker, "use_gpu": t.use_gpu,
+                           "progress": sys.stderr.isatty()},
         scaling_config=scaling_config(config, workers),
         run_config=RunConfig(name=run_name, storage_path=storage_path or str(Path(root) / "ray_results"),
                              failure_config=FailureConfig(max_failures=t.max_failures),

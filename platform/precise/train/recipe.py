@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -55,6 +55,8 @@ from precise.train.evaluate import evaluate_model
 # version (periodical warm-up), `continue` continues the LATEST targeted version (warm start once, the
 # paper's baseline), `scratch` is targeted training alone.
 Start = Literal["parent", "continue", "scratch"]
+# (description, number of batches, the epoch's batches) -> the same batches, drawn as a progress bar
+ProgressBar = Callable[[str, int, Iterator[dict[str, torch.Tensor]]], Iterable[dict[str, torch.Tensor]]]
 REDACTED = "<redacted>"
 
 
@@ -404,12 +406,15 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
         wrap: Callable[[nn.Module], nn.Module] | None = None, agree: Callable[[bool], bool] | None = None,
         resume: Resume | None = None,
         on_epoch: Callable[[nn.Module, torch.optim.Optimizer, Progress, dict[str, torch.Tensor] | None], None]
-        | None = None, log: Callable[[str], None] | None = None) -> tuple[dict[str, torch.Tensor], Progress]:
+        | None = None, log: Callable[[str], None] | None = None,
+        progress_bar: ProgressBar | None = None) -> tuple[dict[str, torch.Tensor], Progress]:
     """Train `payload` for its epochs; returns (the best epoch's weights, on CPU; the progress).
 
     `rank`/`world`: this worker's share of every epoch; `wrap`: the distributed wrapper (DDP);
     `agree`: every worker agrees on rank 0's early-stop decision; `resume`: a checkpoint to continue
-    from; `on_epoch`: called after every epoch (the Ray job checkpoints and reports there)."""
+    from; `on_epoch`: called after every epoch (the Ray job checkpoints and reports there); `log`:
+    gets one line per epoch (on rank 0); `progress_bar`: wraps each epoch's batches (a bar over them,
+    for a person watching a terminal)."""
     options = payload.options
     model = build_model(payload.model_config, payload.kind, token_table=payload.token_table)
     model.load_state_dict(payload.initial_state if resume is None else resume.model_state)
@@ -457,8 +462,13 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
             # trainable set changes (alternate training).
             wrapped, trainable_now = Trainable(model, wrap), tokens_on
         epoch_start, total, steps = time.perf_counter(), torch.zeros((), device=device), 0
-        for batch in epoch_batches(samples, payload.kind, options.batch_size, options.seed, epoch, rank, world,
-                                   masks, payload.repeat):
+        batches = epoch_batches(samples, payload.kind, options.batch_size, options.seed, epoch, rank, world, masks,
+                                payload.repeat)
+        if progress_bar is not None:
+            share = len(samples) * payload.repeat // world
+            batches = progress_bar(f"[{payload.kind}/{payload.label}] epoch {epoch}/{options.epochs}",
+                                   -(-share // options.batch_size), batches)
+        for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             total += train_step(wrapped, batch, optimizer, autocast=cast, grad_clip=options.grad_clip)
             steps += 1
