@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,3 +81,14 @@ def test_dead_letters_list_and_lossless_export(tmp_path, capsys):
     for bad in (["--reason", "nope"], ["--export", str(tmp_path / "x.txt")], ["--limit", "-1"]):
         assert main(["lake", "dead-letters", "--config", config, *bad]) == 2, bad
         assert capsys.readouterr().err.startswith("error:")
+
+
+def test_the_console_script_says_broker_unreachable_not_a_traceback(tmp_path):
+    """As an operator runs it: the installed `precise` script, a broker address nobody listens on."""
+    config = _lake(tmp_path)
+    script = Path(sys.executable).with_name("precise")
+    done = subprocess.run([str(script), "lake", "status", "--config", config], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "broker unreachable at 127.0.0.1" in done.stdout and "lag unknown" in done.stdout
+    assert "Traceback" not in done.stderr and "events: 10 committed" in done.stdout
