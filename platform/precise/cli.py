@@ -1,5 +1,6 @@
 """`precise` command line: the local stack (`precise stack up|down|status|fetch`), lake operations
-(`precise lake rewind`)."""
+(`precise lake rewind`; `status` and `dead-letters` in precise.cli_lake), and the verb groups
+registered from their own modules (config, snapshots, models, pipeline)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import sys
 from importlib import metadata
 
-from precise import cli_config, cli_models, cli_snapshots
+from precise import cli_config, cli_lake, cli_models, cli_pipeline, cli_snapshots
 from precise.config import ConfigError, load_config
 from precise.stack import LocalStack, StackError, kafka_jars
 
@@ -103,6 +104,7 @@ def _add_lake_parser(sub: argparse._SubParsersAction) -> None:
                     help="new next offset of one partition (repeatable)")
     rw.add_argument("--to-offset", type=int, help="the same new next offset for every partition in the ledger")
     rw.set_defaults(func=_lake_rewind)
+    cli_lake.register(verbs)
 
 
 def _version() -> str:
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_config.register(sub)
     cli_snapshots.register(sub)
     cli_models.register(sub)
+    cli_pipeline.register(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

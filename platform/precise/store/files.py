@@ -12,8 +12,9 @@ The one place that writes, locks and syncs what lives under `storage.root` (and 
   ledger that vouches for them is written (an fsync per file cost ~8 ms each, and a historical
   replay writes one file per partition and day).
 * **lock** (`lock`): an exclusive advisory lock held by one process.
-* **publish a folder** (`publish_dir`) and **move a pointer forward** (`advance_pointer`): how the
-  model registry and the embedding snapshots publish a version (local and mounted filesystems).
+* **publish a folder** (`publish_dir`) and **move a pointer forward** (`advance_pointer`, under
+  `pointer_lock`): how the model registry and the embedding snapshots publish a version (local and
+  mounted filesystems).
 """
 
 from __future__ import annotations
@@ -180,17 +181,24 @@ class Files:
         _fsync_dir(str(final.parent))
         return True
 
-    def advance_pointer(self, pointer: Path, version: str) -> bool:
-        """Point `pointer` (a LATEST file) at `version` if it is newer than what it names now.
-
-        Under a lock, and only forwards: a slow writer of an older version must not move LATEST
-        back past a newer one published meanwhile. True when it moved."""
+    @contextlib.contextmanager
+    def pointer_lock(self, pointer: Path) -> Iterator[str]:
+        """Hold the lock of `pointer` (a LATEST file); yields the version it names now ("" if none).
+        Every move of the pointer happens under it."""
         import fcntl
 
         with open(pointer.parent / f".{pointer.name.lower()}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            current = pointer.read_text().strip() if pointer.is_file() else ""
-            if version <= current:
+            yield pointer.read_text().strip() if pointer.is_file() else ""
+
+    def advance_pointer(self, pointer: Path, version: str, allowed: Callable[[], bool] | None = None) -> bool:
+        """Point `pointer` (a LATEST file) at `version` if it is newer than what it names now (and
+        `allowed()`, checked under the lock, says yes).
+
+        Under a lock, and only forwards: a slow writer of an older version must not move LATEST
+        back past a newer one published meanwhile. True when it moved."""
+        with self.pointer_lock(pointer) as current:
+            if version <= current or (allowed is not None and not allowed()):
                 return False
             self.write_bytes(str(pointer), version.encode())
             return True

@@ -2,18 +2,34 @@
 
     <root>/models/universal/<version>/            model.safetensors + metadata.json
     <root>/models/targeted/<task>/<version>/
-    <root>/models/.../LATEST                       the newest registered version's name
+    <root>/models/.../LATEST                       the version in use (training continues from it,
+                                                   prediction embeds with it)
+    <root>/models/.../MOVES.json                   every explicit move of LATEST (promote / rollback)
 
 Weights are safetensors, never pickle, so loading a registered model cannot run code. A version
 is published by writing it to a temporary folder and renaming it into place, and LATEST is
 replaced atomically after that: a reader sees a whole version or none. Versions are zero-padded
 sequence numbers; two concurrent writers cannot take the same one (mkdir is exclusive).
+
+LATEST moves two ways, both under the pointer's lock:
+
+- registration moves it forwards only, to the version it registers (a slow writer of an older
+  version never moves it back past a newer one);
+- `move_latest` (`precise models promote|rollback`) moves it to any registered version, forwards
+  or back, and records who, when, from and to in MOVES.json. The versions newer than the target are
+  *withdrawn*: a later registration trained from a withdrawn version (its `parent_version` or
+  `warm_started_from`, e.g. a training that was running during the rollback) is registered but
+  does not become LATEST, so it cannot silently undo the move. A registration trained from LATEST
+  after the move moves it forwards as usual. Promoting a withdrawn version reinstates it.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import logging
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,11 +41,15 @@ from safetensors.torch import load_file, save_file
 
 from precise.store.files import Files, local_root
 
+log = logging.getLogger(__name__)
+
 KINDS = ("universal", "targeted")
 _WEIGHTS = "model.safetensors"
 _META = "metadata.json"
 ITEMS_FILE = "items.json"  # the item vocabulary: index i <-> items[i - 1]
 PROJECTION_FILE = "token_projection.safetensors"  # the fixed LLM-state projection of the text variants
+MOVES_FILE = "MOVES.json"  # the audit log of explicit LATEST moves
+_LINEAGE_KEYS = ("parent_version", "warm_started_from")
 
 
 class RegistryError(LookupError):
@@ -75,7 +95,8 @@ class ModelRegistry:
 
     def register(self, kind: str, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any],
                  task: str | None = None, files: dict[str, bytes] | None = None) -> ModelVersion:
-        """Publish a new version of `kind` (and `task`) and point LATEST at it.
+        """Publish a new version of `kind` (and `task`) and point LATEST at it (unless it was
+        trained from a withdrawn version, see the module's docstring).
 
         `files` are stored beside the weights (e.g. the item vocabulary), published atomically with them.
         """
@@ -102,8 +123,67 @@ class ModelRegistry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self.files.advance_pointer(folder / "LATEST", version)
+        blocked: list[str] = []
+
+        def allowed() -> bool:  # under the pointer's lock, so no move slips in between
+            blocked.extend(ref for ref in self._lineage(meta) if self._is_withdrawn(ref))
+            return not blocked
+
+        if not self.files.advance_pointer(folder / "LATEST", version, allowed) and blocked:
+            log.warning("registered %s/%s but LATEST stays: it was trained from %s, withdrawn by an explicit "
+                        "move of LATEST (precise models promote|rollback); promote it to use it",
+                        "/".join(p for p in (kind, task) if p), version, blocked[0])
         return ModelVersion(kind, task, version, folder / version, meta)
+
+    # -- explicit moves of LATEST (promote / rollback) -----------------------------------------------
+
+    def moves(self, kind: str, task: str | None = None) -> list[dict[str, Any]]:
+        """The explicit moves of LATEST of `kind` (and `task`), oldest first."""
+        path = self._dir(kind, task) / MOVES_FILE
+        return json.loads(path.read_text())["moves"] if path.is_file() else []
+
+    def withdrawn(self, kind: str, task: str | None = None) -> list[str]:
+        """Versions withdrawn by explicit moves (newer than a move's target when it was made, and
+        not promoted since)."""
+        out: set[str] = set()
+        for move in self.moves(kind, task):
+            out = (out | set(move["withdrawn"])) - {move["to"]}
+        return sorted(out)
+
+    def move_latest(self, kind: str, version: str, task: str | None = None, action: str = "promote",
+                    note: str | None = None) -> dict[str, Any]:
+        """Point LATEST at the registered `version` (forwards or back) and record the move; returns
+        the record (`moved` False when LATEST named it already: nothing is recorded)."""
+        self.get(kind, version, task)  # raises RegistryError for a version that does not exist
+        folder = self._dir(kind, task)
+        with self.files.pointer_lock(folder / "LATEST") as current:
+            record: dict[str, Any] = {
+                "action": action, "from": current or None, "to": version,
+                "by": f"{getpass.getuser()}@{socket.gethostname()}", "at_ms": int(time.time() * 1000),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "withdrawn": [v for v in self.versions(kind, task) if v > version], "note": note}
+            if current == version:
+                return {**record, "moved": False}
+            # the record first: a move is never made without its record (a crash before the pointer
+            # is written leaves a record of a move to redo; repeating the command does it)
+            moves = [*self.moves(kind, task), record]
+            self.files.write_bytes(str(folder / MOVES_FILE), json.dumps({"moves": moves}, indent=1).encode())
+            self.files.write_bytes(str(folder / "LATEST"), version.encode())
+        log.info("LATEST of %s moved from %s to %s by %s", "/".join(p for p in (kind, task) if p),
+                 record["from"], version, record["by"])
+        return {**record, "moved": True}
+
+    @staticmethod
+    def _lineage(metadata: dict[str, Any]) -> list[str]:
+        return [ref for key in _LINEAGE_KEYS if isinstance(ref := metadata.get(key), str)]
+
+    def _is_withdrawn(self, ref: str) -> bool:
+        """Whether a reference such as `universal/000003` or `targeted/like/000002` is withdrawn."""
+        parts = ref.split("/")
+        if len(parts) not in (2, 3) or parts[0] not in KINDS or (parts[0] == "targeted") != (len(parts) == 3):
+            return False
+        task = parts[1] if len(parts) == 3 else None
+        return parts[-1] in self.withdrawn(parts[0], task)
 
     def get(self, kind: str, version: str, task: str | None = None) -> ModelVersion:
         path = self._dir(kind, task) / version
