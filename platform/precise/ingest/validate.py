@@ -15,6 +15,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
+from precise.config import FieldMapping
+from precise.events.mapping import map_event
 from precise.events.schema import BehaviorEvent, InvalidEventError, parse_event, parse_item
 
 VALIDATED_SCHEMA = pa.schema([
@@ -100,8 +102,12 @@ def parse_event_fast(raw: bytes, allowed_actions: tuple[str, ...], context: dict
 
 
 def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, allowed_actions: tuple[str, ...],
-                     max_payload_bytes: int, max_event_time_ahead_s: float = 86_400.0) -> pa.Table:
+                     max_payload_bytes: int, max_event_time_ahead_s: float = 86_400.0,
+                     field_mapping: FieldMapping | None = None) -> pa.Table:
     """Validate one block of Kafka records (the `map_batches` function); see VALIDATED_SCHEMA.
+
+    `field_mapping` (ingest.field_mapping) turns each event record of your schema into the
+    contract's shape first (precise.events.mapping); the contract's checks follow unchanged.
 
     Event time may be up to `max_event_time_ahead_s` ahead of the later of this worker's clock and
     the record's Kafka timestamp: a worker with a slow clock does not reject a broker-stamped event.
@@ -127,7 +133,9 @@ def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, al
             if topic == events_topic:
                 if raw is None:
                     raise InvalidEventError("empty record: an event needs a JSON value")
-                event = parse_event_fast(raw, allowed_actions, {"now_ms": kafka_ts, "max_ahead_ms": ahead_ms})
+                context = {"now_ms": kafka_ts, "max_ahead_ms": ahead_ms}
+                event = (parse_event_fast(raw, allowed_actions, context) if field_mapping is None
+                         else parse_event(map_event(raw, field_mapping), allowed_actions, context))
                 row = {"event_id": event.event_id, "user_id": event.user_id, "item_id": event.item_id,
                        "scene": event.scene, "action": event.action, "ts": event.ts, "value": event.value,
                        "extra": _extra(event)}
