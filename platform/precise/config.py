@@ -91,8 +91,17 @@ class StorageConfig(Section):
 class TextModelConfig(Section):
     """The LLM whose token states initialise the item token table (precise.text)."""
 
-    model: str = "minilm"  # smollm2 (the default LLM of the paper setup) | minilm (fast) | hashed (tests)
+    # smollm2 (the default LLM of the paper setup) | minilm (fast) | hashed (tests) | your own: a local
+    # model folder (./path, transformers save_pretrained) or a Hugging Face id (org/name) already in the
+    # local Hugging Face cache; nothing is downloaded (docs/bring-your-own.md)
+    model: str = Field("minilm", min_length=1)
     max_tokens: int = Field(32, ge=1)  # m: tokens per item
+    # Item text not in the token cache is encoded by a Ray Data actor pool when Ray is up (training
+    # jobs), not by the driver: its size, texts per model call, and CPUs / GPUs per actor
+    encode_actors: int = Field(1, ge=1)
+    encode_batch_size: int = Field(32, ge=1)
+    encode_num_cpus: float = Field(1.0, gt=0)
+    encode_num_gpus: float | None = Field(None, ge=0)  # null: 1 per actor when the cluster has a GPU, else 0
 
 
 def _options_of(cls: type, exclude: tuple[str, ...]) -> type[Section]:
