@@ -79,3 +79,14 @@ def test_validate_records_applies_the_mapping_before_the_contract():
     assert [r["reason_kind"] for r in out] == [None, "missing_field", "invalid_timestamp", "invalid_json"]
     assert (out[0]["user_id"], out[0]["item_id"], out[0]["ts"]) == ("1", "m1", 881_250_949_000)
     assert out[1]["raw"] == values[1]  # the dead letter keeps the record as it came
+
+
+def test_item_mapping_needs_one_text_source_and_an_id():
+    from precise.config import ItemFieldMapping
+
+    with pytest.raises(ValueError, match="exactly one source"):
+        ItemFieldMapping(fields={"item_id": "id", "text": "title"}, text_template="{title}")
+    with pytest.raises(ValueError, match="fields.item_id is required"):
+        ItemFieldMapping(fields={"text": "title"})
+    with pytest.raises(ValueError, match=r"\['price'\] are not item contract fields"):
+        ItemFieldMapping(fields={"item_id": "id", "text": "t", "price": "p"})

@@ -182,3 +182,27 @@ def test_import_a_movielens_history_with_a_mapping_and_train_on_it(ray_head, tmp
     version = recipe.register(setup, state, progress, config, ModelRegistry(config.storage.resolved_root()))
     assert version.kind == "universal" and len(progress.history) == 1
     assert progress.history[0]["loss"] > 0 and progress.best_metric is not None
+
+
+def test_import_a_catalogue_with_a_text_template(tmp_path):
+    from precise.ingest.history import ITEMS
+    from precise.store.lake import read_items
+
+    source = tmp_path / "movies.csv"
+    source.write_text("movie,title,year,genres\n1,Toy Story,1995,Animation|Comedy\n2,,1995,Action\n"
+                      "3,Heat,1995,Crime\n")
+    config = PreciseConfig.model_validate({
+        "storage": {"root": str(tmp_path / "lake")},
+        "ingest": {"item_field_mapping": {"fields": {"item_id": "movie"}, "constants": {"scene": "movies"},
+                                          "text_template": "{title} ({year}). Genres: {genres}"}}})
+    summary = import_history(config, source, kind=ITEMS)
+    assert (summary["rows"], summary["items"], summary["dead_letters"]) == (3, 2, 1)
+    items = {r["item_id"]: r for r in read_items(config.storage.resolved_root()).to_pylist()}
+    assert items["1"]["text"] == "Toy Story (1995). Genres: Animation|Comedy" and items["3"]["scene"] == "movies"
+    dead = read_dead_letters(config.storage.resolved_root()).to_pylist()
+    assert [(d["offset"], d["reason_kind"]) for d in dead] == [(1, "missing_field")]
+    assert "text_template names 'title'" in dead[0]["reason"]
+    assert import_history(config, source, kind=ITEMS)["already_imported"]
+    with pytest.raises(HistoryError, match="text_template names 'year'"):
+        source.write_text("movie,title\n1,Heat\n")
+        import_history(config, source, kind=ITEMS)

@@ -234,6 +234,36 @@ class FieldMapping(Section):
         return self
 
 
+ITEM_FIELDS = ("item_id", "text", "scene", "created_ts")  # the item contract
+
+
+class ItemFieldMapping(Section):
+    """`ingest.item_field_mapping`: how records of your catalogue schema become the item contract, for
+    the items topic and `jobs/import_history.py --items`. `text` comes from `fields` or from
+    `text_template` (e.g. "{title} ({year}). Genres: {genres}", names or dotted paths of your record);
+    without `created_ts` an item gets the time it was read."""
+
+    fields: dict[str, str] = Field(default_factory=dict)  # contract field -> your field's name or dotted path
+    constants: dict[str, str | int] = Field(default_factory=dict)  # contract field -> fixed value
+    text_template: str | None = None  # the item text built from several of your fields
+    timestamp: Literal["ms", "s", "iso"] = "ms"  # your created_ts: epoch ms, epoch s, or ISO 8601
+    ids_as_strings: bool = True  # an integer item_id becomes a string
+    keep_unmapped: bool = False  # your record's other top-level fields are kept as the item's extra fields
+
+    @model_validator(mode="after")
+    def _covers_the_contract(self) -> ItemFieldMapping:
+        for part in ("fields", "constants"):
+            unknown = sorted(set(getattr(self, part)) - set(ITEM_FIELDS))
+            if unknown:
+                raise ValueError(f"{part}: {unknown} are not item contract fields {list(ITEM_FIELDS)}")
+        if "item_id" not in self.fields:
+            raise ValueError("fields.item_id is required: where your record holds the item's id")
+        sources = ("text" in self.fields) + ("text" in self.constants) + (self.text_template is not None)
+        if sources != 1:
+            raise ValueError("give the item text exactly one source: fields.text, constants.text or text_template")
+        return self
+
+
 class IngestConfig(Section):
     """The ingest job (`jobs/ingest.py`): Kafka -> validated event lake, in micro-batches."""
 
@@ -275,6 +305,7 @@ class IngestConfig(Section):
     # Your schema -> the event contract, for the events topic and jobs/import_history.py; null:
     # records are the contract as they are (docs/bring-your-own.md)
     field_mapping: FieldMapping | None = None
+    item_field_mapping: ItemFieldMapping | None = None  # the same for the items topic / imported catalogues
 
 
 class SequenceSpec(Section):

@@ -1,4 +1,5 @@
-"""Your record schema -> the event contract (`ingest.field_mapping`), before the contract's checks.
+"""Your record schema -> the event / item contract (`ingest.field_mapping`, `ingest.item_field_mapping`),
+before the contract's checks.
 
     mapping = FieldMapping(fields={"user_id": "user.id", "item_id": "movie", "ts": "when"},
                            constants={"scene": "movies", "action": "rate"}, timestamp="s")
@@ -16,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import string
+import time
 from datetime import UTC, datetime
 from typing import Any
 
-from precise.config import EVENT_FIELDS, FieldMapping
+from precise.config import EVENT_FIELDS, ITEM_FIELDS, FieldMapping, ItemFieldMapping
 from precise.events.schema import InvalidEventError, json_object
 
 _ID_FIELDS = ("event_id", "user_id", "item_id", "scene", "action")
@@ -109,3 +112,51 @@ def map_event(payload: Any, mapping: FieldMapping) -> dict[str, Any]:
             if name not in used and name not in event and name not in EVENT_FIELDS:
                 event[name] = value
     return event
+
+
+def _template_text(record: dict[str, Any], template: str) -> str:
+    """`template` with each `{name}` (a field name or dotted path) replaced by the record's value."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(literal)
+        if name is None:
+            continue
+        value = lookup(record, name)
+        if value is _MISSING or value is None:
+            raise InvalidEventError(f"text: Field required (text_template names {name!r}, absent in the record)")
+        parts.append(str(value))
+    return "".join(parts).strip()
+
+
+def map_item(payload: Any, mapping: ItemFieldMapping, now_ms: int | None = None) -> dict[str, Any]:
+    """Your catalogue record (JSON bytes or a dict) as a dict in the item contract's shape; like
+    `map_event`. Without a created_ts in the mapping, the item gets `now_ms` (default: the clock)."""
+    record = json_object(payload)
+    item: dict[str, Any] = {}
+    used: set[str] = set()
+    for field, path in mapping.fields.items():
+        value = lookup(record, path)
+        used.add(path if path in record else path.split(".", 1)[0])
+        if value is _MISSING or value is None:
+            if field == "scene":
+                continue  # optional in the contract
+            raise InvalidEventError(f"{field}: Field required (mapped from {path!r}, absent in the record)")
+        item[field] = value
+    item.update(mapping.constants)
+    if mapping.text_template is not None:
+        item["text"] = _template_text(record, mapping.text_template)
+    if "created_ts" in item:
+        item["created_ts"] = _event_time(item["created_ts"], mapping.timestamp, mapping.fields.get("created_ts", ""))
+    else:
+        item["created_ts"] = int(time.time() * 1000) if now_ms is None else now_ms
+    if mapping.ids_as_strings:
+        value = item.get("item_id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            item["item_id"] = str(value)
+        elif isinstance(value, float) and value.is_integer():
+            item["item_id"] = str(int(value))
+    if mapping.keep_unmapped:
+        for name, value in record.items():
+            if name not in used and name not in item and name not in ITEM_FIELDS:
+                item[name] = value
+    return item

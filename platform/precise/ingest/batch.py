@@ -315,7 +315,7 @@ class Ingestor:
         return {"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
                 "allowed_actions": self.allowed_actions, "max_payload_bytes": self.settings.max_payload_bytes,
                 "max_event_time_ahead_s": self.settings.max_event_time_ahead_s,
-                "field_mapping": self.settings.field_mapping}
+                "field_mapping": self.settings.field_mapping, "item_field_mapping": self.settings.item_field_mapping}
 
     def commit_validated(self, validated: pa.Table, covered: dict[tuple[str, int], tuple[int, int]]) -> BatchResult:
         """Write and commit rows validated outside a Kafka read (precise.ingest.history): the same

@@ -26,9 +26,10 @@ import decimal
 import hashlib
 import json
 import logging
+import string
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from precise.config import EVENT_FIELDS, FieldMapping, PreciseConfig
+from precise.config import EVENT_FIELDS, ITEM_FIELDS, FieldMapping, ItemFieldMapping, PreciseConfig
 from precise.ingest.batch import Ingestor
 from precise.ingest.validate import validate_records
 from precise.store.lake import IMPORT_PARTITION_BASE, Layout
@@ -76,33 +77,60 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _source_columns(mapping: FieldMapping | None) -> dict[str, str]:
+@dataclass(frozen=True)
+class Kind:
+    """What an import brings in: events (the events topic) or catalogue items (the items topic)."""
+
+    name: str  # events | items
+    contract: tuple[str, ...]  # the contract's fields
+    required: tuple[str, ...]  # columns a file in the contract's own shape must have
+    optional: tuple[str, ...]  # mapped fields a row may lack
+    ids: tuple[str, ...]  # read as text from CSV
+    mapping_key: str  # the ingest section with the mapping
+
+    def mapping(self, config: PreciseConfig) -> FieldMapping | ItemFieldMapping | None:
+        return getattr(config.ingest, self.mapping_key)
+
+    def topic(self, config: PreciseConfig) -> str:
+        return config.kafka.events_topic if self.name == "events" else config.kafka.items_topic
+
+
+EVENTS = Kind("events", EVENT_FIELDS, (*_REQUIRED, "event_id"), ("value", "event_id"), _ID_FIELDS, "field_mapping")
+ITEMS = Kind("items", ITEM_FIELDS, ("item_id", "text", "created_ts"), ("scene", "created_ts"), ("item_id",),
+             "item_field_mapping")
+
+
+def _source_columns(mapping: FieldMapping | ItemFieldMapping | None, kind: Kind) -> dict[str, str]:
     """Contract field -> the top-level column it is read from."""
     if mapping is None:
-        return {f: f for f in EVENT_FIELDS}
+        return {f: f for f in kind.contract}
     return {f: path.split(".", 1)[0] for f, path in mapping.fields.items()}
 
 
-def check_columns(names: list[str], mapping: FieldMapping | None, source: Path) -> None:
+def check_columns(names: list[str], mapping: FieldMapping | ItemFieldMapping | None, source: Path,
+                  kind: Kind = EVENTS) -> None:
     """Refuse, before anything is written, a file that lacks a column every row needs."""
-    columns = _source_columns(mapping)
-    if mapping is None:
-        needed = [*_REQUIRED, "event_id"]
-    else:
-        needed = [f for f in mapping.fields if f not in ("value", "event_id")]
+    columns = _source_columns(mapping, kind)
+    needed = kind.required if mapping is None else [f for f in mapping.fields if f not in kind.optional]
     for field in needed:
         path = mapping.fields[field] if mapping is not None else field
         if path in names or columns[field] in names:
             continue
         if mapping is not None:
-            raise HistoryError(f"{source}: ingest.field_mapping.fields.{field}: {path!r} is not a column of the "
-                               f"file (columns: {names})")
-        raise HistoryError(f"{source}: the file has no column {field!r} of the event contract (columns: {names}); "
-                           f"a file in another schema needs ingest.field_mapping (docs/bring-your-own.md)")
+            raise HistoryError(f"{source}: ingest.{kind.mapping_key}.fields.{field}: {path!r} is not a column of "
+                               f"the file (columns: {names})")
+        raise HistoryError(f"{source}: the file has no column {field!r} of the {kind.name[:-1]} contract (columns: "
+                           f"{names}); a file in another schema needs ingest.{kind.mapping_key} "
+                           f"(docs/bring-your-own.md)")
+    template = getattr(mapping, "text_template", None)
+    for _, name, _, _ in string.Formatter().parse(template or ""):
+        if name is not None and name not in names and name.split(".", 1)[0] not in names:
+            raise HistoryError(f"{source}: ingest.{kind.mapping_key}.text_template names {name!r}, which is not a "
+                               f"column of the file (columns: {names})")
 
 
-def _batches(path: Path, fmt: str, batch_rows: int, delimiter: str, mapping: FieldMapping | None
-             ) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+def _batches(path: Path, fmt: str, batch_rows: int, delimiter: str,
+             mapping: FieldMapping | ItemFieldMapping | None, kind: Kind) -> tuple[list[str], Iterator[pa.RecordBatch]]:
     """(column names, record batches of about `batch_rows` rows, in file order)."""
     if fmt == "parquet":
         try:
@@ -110,13 +138,14 @@ def _batches(path: Path, fmt: str, batch_rows: int, delimiter: str, mapping: Fie
         except (pa.ArrowInvalid, OSError) as exc:
             raise HistoryError(f"{path}: not a readable Parquet file ({exc})") from None
         return dataset.schema.names, dataset.to_batches(batch_size=batch_rows)
-    # CSV: id columns as text, so `007` stays `007` and an id column with empty cells is not a float
-    columns = _source_columns(mapping)
-    strings = {columns[f]: pa.string() for f in _ID_FIELDS if f in columns}
+    # CSV: id columns as text, so `007` stays `007` and an id column with empty cells is not a float;
+    # an empty cell is a missing value
+    columns = _source_columns(mapping, kind)
+    strings = {columns[f]: pa.string() for f in kind.ids if f in columns}
     try:
         reader = pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(block_size=1 << 22),
                                 parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                convert_options=pacsv.ConvertOptions(column_types=strings))
+                                convert_options=pacsv.ConvertOptions(column_types=strings, strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as exc:
         raise HistoryError(f"{path}: not a readable CSV file ({exc})") from None
     return reader.schema.names, _rebatch(reader, batch_rows)
@@ -160,33 +189,29 @@ def records(batch: pa.RecordBatch, topic: str, partition: int, first_offset: int
                      "value": pa.array(values, pa.binary())})
 
 
-def _counts(ingestor: Ingestor, partition: int) -> dict[str, int]:
-    """Events and dead letters the lake holds for one import partition (committed files only)."""
-    storage, layout = ingestor.storage, Layout(ingestor.storage)
-    topic = ingestor.kafka.events_topic
-    suffix = f"/p{partition:04d}-"
-    out = {}
-    for key, folder in (("events", layout.events), ("dead_letters", f"{layout.dead_letter}/topic={topic}")):
-        files = [f for f in storage.list_files(folder) if suffix in f and f.endswith(".parquet")]
-        out[key] = sum(pq.ParquetFile(f, filesystem=storage.fs).metadata.num_rows for f in files)
-    return out
+def _dead_letters(ingestor: Ingestor, topic: str, partition: int) -> int:
+    """Dead letters the lake holds for one import partition (every row is an event / item or one)."""
+    folder = f"{Layout(ingestor.storage).dead_letter}/topic={topic}"
+    files = [f for f in ingestor.storage.list_files(folder) if f"/p{partition:04d}-" in f and f.endswith(".parquet")]
+    return sum(pq.ParquetFile(f, filesystem=ingestor.storage.fs).metadata.num_rows for f in files)
 
 
 def import_history(config: PreciseConfig, path: str | Path, *, name: str | None = None, fmt: str | None = None,
-                   delimiter: str = ",", batch_rows: int = 200_000) -> dict[str, Any]:
-    """Import the events of one Parquet or CSV file into the lake of `config` (see the module doc).
+                   delimiter: str = ",", batch_rows: int = 200_000, kind: Kind = EVENTS) -> dict[str, Any]:
+    """Import the events (or, `kind=ITEMS`, the catalogue items) of one Parquet or CSV file into the
+    lake of `config` (see the module doc).
 
-    Returns a summary: the import's name, partition, rows, events and dead letters in the lake,
-    and `already_imported` when the file's sha256 was imported before (nothing is written then)."""
+    Returns a summary: the import's name, partition, rows, events (items) and dead letters in the
+    lake, and `already_imported` when the file's sha256 was imported before (nothing is written then)."""
     source = Path(path).expanduser()
     if not source.is_file():
         raise HistoryError(f"{source}: no such file")
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise HistoryError(f"batch_rows must be an int >= 1, got {batch_rows!r}")
     fmt = input_format(source, fmt)
-    mapping = config.ingest.field_mapping
-    names, batches = _batches(source, fmt, batch_rows, delimiter, mapping)
-    check_columns(names, mapping, source)
+    mapping = kind.mapping(config)
+    names, batches = _batches(source, fmt, batch_rows, delimiter, mapping, kind)
+    check_columns(names, mapping, source, kind)
     sha = file_sha256(source)
     started = time.monotonic()
     # the lake's dead-letter files are the record of an import's rejects (no topic copy: a broker
@@ -194,13 +219,14 @@ def import_history(config: PreciseConfig, path: str | Path, *, name: str | None 
     quiet = config.model_copy(deep=True)
     quiet.ingest.publish_dead_letters = False
     with Ingestor(quiet) as ingestor:
-        topic = ingestor.kafka.events_topic
-        entry = next((e for e in ingestor.ledger.imports if e.get("sha256") == sha), None)
+        topic = kind.topic(config)
+        entry = next((e for e in ingestor.ledger.imports if _same(e, (sha, kind.name))), None)
         if entry is not None and entry.get("status") == "done":
             return {**_summary(entry), "already_imported": True, "seconds": round(time.monotonic() - started, 3)}
         if entry is None:
-            entry = {"name": name or source.name, "source": str(source), "sha256": sha, "format": fmt,
-                     "partition": IMPORT_PARTITION_BASE + len(ingestor.ledger.imports), "status": "running",
+            entry = {"name": name or source.name, "kind": kind.name, "source": str(source), "sha256": sha,
+                     "format": fmt, "partition": IMPORT_PARTITION_BASE + len(ingestor.ledger.imports),
+                     "status": "running",
                      "started_at_ms": int(time.time() * 1000),
                      "field_mapping": None if mapping is None else mapping.model_dump(mode="json")}
             _save_entry(ingestor, entry)
@@ -218,21 +244,28 @@ def import_history(config: PreciseConfig, path: str | Path, *, name: str | None 
                 validated = validate_records(records(batch, topic, partition, row, int(time.time() * 1000)),
                                              **options)
                 result = ingestor.commit_validated(validated, {(topic, partition): (row, end)})
-                log.info("import %s: rows %d..%d, %d events, %d dead letters", entry["name"], row, end,
-                         result.events, result.dead_letters)
+                log.info("import %s: rows %d..%d, %d %s, %d dead letters", entry["name"], row, end,
+                         result.events or result.items, kind.name, result.dead_letters)
             row = end
-        entry = {**entry, "status": "done", "rows": row, **_counts(ingestor, partition),
+        dead = _dead_letters(ingestor, topic, partition)
+        entry = {**entry, "status": "done", "rows": row, kind.name: row - dead, "dead_letters": dead,
                  "finished_at_ms": int(time.time() * 1000)}
         _save_entry(ingestor, entry)
     return {**_summary(entry), "already_imported": False, "seconds": round(time.monotonic() - started, 3)}
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry.get(k) for k in ("name", "source", "sha256", "partition", "rows", "events", "dead_letters")}
+    keys = ("name", "kind", "source", "sha256", "partition", "rows", entry.get("kind", "events"), "dead_letters")
+    return {k: entry.get(k) for k in keys}
+
+
+def _same(entry: dict[str, Any], key: tuple[str, str]) -> bool:
+    return (entry.get("sha256"), entry.get("kind", "events")) == key
 
 
 def _save_entry(ingestor: Ingestor, entry: dict[str, Any]) -> None:
     imports = list(ingestor.ledger.imports)
-    at = next((i for i, e in enumerate(imports) if e.get("sha256") == entry["sha256"]), len(imports))
+    key = (entry["sha256"], entry["kind"])
+    at = next((i for i, e in enumerate(imports) if _same(e, key)), len(imports))
     imports[at:at + 1] = [entry]
     ingestor.commit_ledger(replace(ingestor.ledger, imports=imports))
