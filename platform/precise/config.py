@@ -97,10 +97,10 @@ class TextModelConfig(Section):
     model: str = Field("minilm", min_length=1)
     max_tokens: int = Field(32, ge=1)  # m: tokens per item
     # Item text not in the token cache is encoded by a Ray Data actor pool when Ray is up (training
-    # jobs), not by the driver: its size, texts per model call, and CPUs / GPUs per actor
+    # jobs), not by the driver: the pool's size
     encode_actors: int = Field(1, ge=1)
-    encode_batch_size: int = Field(32, ge=1)
-    encode_num_cpus: float = Field(1.0, gt=0)
+    encode_batch_size: int = Field(32, ge=1)  # texts per model call in an encoding actor
+    encode_num_cpus: float = Field(1.0, gt=0)  # logical CPUs per encoding actor (and its torch threads)
     encode_num_gpus: float | None = Field(None, ge=0)  # null: 1 per actor when the cluster has a GPU, else 0
 
 
