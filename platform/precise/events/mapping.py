@@ -77,18 +77,7 @@ def map_event(payload: Any, mapping: FieldMapping) -> dict[str, Any]:
     Raises `InvalidEventError` for bytes that are not a JSON object and for a mapped field absent
     from the record (`user_id: Field required (mapped from 'user.id', absent in the record)`)."""
     record = json_object(payload)
-    event: dict[str, Any] = {}
-    used: set[str] = set()
-    for field, path in mapping.fields.items():
-        value = lookup(record, path)
-        used.add(path if path in record else path.split(".", 1)[0])
-        if value is _MISSING or value is None:
-            if field == "value":
-                continue
-            if field == "event_id":
-                continue  # derived below
-            raise InvalidEventError(f"{field}: Field required (mapped from {path!r}, absent in the record)")
-        event[field] = value
+    event, used = _pick(record, mapping.fields, optional=("value", "event_id"))  # event_id: derived below
     event.update(mapping.constants)
     for field, table in mapping.values.items():
         if field in event:
@@ -99,19 +88,43 @@ def map_event(payload: Any, mapping: FieldMapping) -> dict[str, Any]:
     if "ts" in event:
         event["ts"] = _event_time(event["ts"], mapping.timestamp, mapping.fields.get("ts", "ts"))
     if mapping.ids_as_strings:
-        for field in _ID_FIELDS:
-            value = event.get(field)
-            if isinstance(value, int) and not isinstance(value, bool):
-                event[field] = str(value)
-            elif isinstance(value, float) and value.is_integer():
-                event[field] = str(int(value))  # CSV readers turn an id column with gaps into floats
+        _ids_as_strings(event, _ID_FIELDS)
     if "event_id" not in event:
         event["event_id"] = derived_event_id(event)
     if mapping.keep_unmapped:
-        for name, value in record.items():
-            if name not in used and name not in event and name not in EVENT_FIELDS:
-                event[name] = value
+        _keep_unmapped(record, used, event, EVENT_FIELDS)
     return event
+
+
+def _pick(record: dict[str, Any], fields: dict[str, str], optional: tuple[str, ...]
+          ) -> tuple[dict[str, Any], set[str]]:
+    """(contract field -> value, the top-level names read); a required field absent is an error."""
+    out: dict[str, Any] = {}
+    used: set[str] = set()
+    for field, path in fields.items():
+        value = lookup(record, path)
+        used.add(path if path in record else path.split(".", 1)[0])
+        if value is _MISSING or value is None:
+            if field in optional:
+                continue
+            raise InvalidEventError(f"{field}: Field required (mapped from {path!r}, absent in the record)")
+        out[field] = value
+    return out, used
+
+
+def _ids_as_strings(out: dict[str, Any], fields: tuple[str, ...]) -> None:
+    for field in fields:
+        value = out.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[field] = str(value)
+        elif isinstance(value, float) and value.is_integer():
+            out[field] = str(int(value))  # CSV readers turn an id column with gaps into floats
+
+
+def _keep_unmapped(record: dict[str, Any], used: set[str], out: dict[str, Any], contract: tuple[str, ...]) -> None:
+    for name, value in record.items():
+        if name not in used and name not in out and name not in contract:
+            out[name] = value
 
 
 def _template_text(record: dict[str, Any], template: str) -> str:
@@ -132,16 +145,7 @@ def map_item(payload: Any, mapping: ItemFieldMapping, now_ms: int | None = None)
     """Your catalogue record (JSON bytes or a dict) as a dict in the item contract's shape; like
     `map_event`. Without a created_ts in the mapping, the item gets `now_ms` (default: the clock)."""
     record = json_object(payload)
-    item: dict[str, Any] = {}
-    used: set[str] = set()
-    for field, path in mapping.fields.items():
-        value = lookup(record, path)
-        used.add(path if path in record else path.split(".", 1)[0])
-        if value is _MISSING or value is None:
-            if field == "scene":
-                continue  # optional in the contract
-            raise InvalidEventError(f"{field}: Field required (mapped from {path!r}, absent in the record)")
-        item[field] = value
+    item, used = _pick(record, mapping.fields, optional=("scene",))
     item.update(mapping.constants)
     if mapping.text_template is not None:
         item["text"] = _template_text(record, mapping.text_template)
@@ -150,13 +154,7 @@ def map_item(payload: Any, mapping: ItemFieldMapping, now_ms: int | None = None)
     else:
         item["created_ts"] = int(time.time() * 1000) if now_ms is None else now_ms
     if mapping.ids_as_strings:
-        value = item.get("item_id")
-        if isinstance(value, int) and not isinstance(value, bool):
-            item["item_id"] = str(value)
-        elif isinstance(value, float) and value.is_integer():
-            item["item_id"] = str(int(value))
+        _ids_as_strings(item, ("item_id",))
     if mapping.keep_unmapped:
-        for name, value in record.items():
-            if name not in used and name not in item and name not in ITEM_FIELDS:
-                item[name] = value
+        _keep_unmapped(record, used, item, ITEM_FIELDS)
     return item
