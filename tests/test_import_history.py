@@ -206,3 +206,51 @@ def test_import_a_catalogue_with_a_text_template(tmp_path):
     with pytest.raises(HistoryError, match="text_template names 'year'"):
         source.write_text("movie,title\n1,Heat\n")
         import_history(config, source, kind=ITEMS)
+
+
+@pytest.mark.integration
+def test_live_events_in_your_schema_follow_an_import(kafka_config, ray_head, tmp_path):
+    """After an import, live events in the same schema arrive on Kafka: ingest maps them with the same
+    mapping, drops a re-sent imported event as a duplicate, and sequences join both; a rewind of the
+    Kafka partitions leaves the import alone."""
+    from precise.events.producer import EventProducer
+    from precise.events.topics import ensure_topics
+    from precise.ingest.job import IngestJob
+    from precise.store import sequences as store_sequences
+    from precise.store.rewind import RewindError, rewind
+
+    source = tmp_path / "history.parquet"
+    pq.write_table(_history(20), source)
+    config = _config(tmp_path / "lake", sequences={"max_len": 50, "buckets": 1},
+                     kafka=kafka_config.model_dump())
+    config.ingest.publish_dead_letters = False
+    assert import_history(config, source)["events"] == 20
+
+    ensure_topics(config.kafka)
+    first = _history(1).to_pylist()[0]  # imported row 0, sent again
+    live = [{"who": {"id": 0}, "movie": "m99", "rated_at": 881_260_000 + i, "stars": 5.0} for i in range(3)]
+    with EventProducer(config.kafka) as producer:
+        for record in [*live, first, {"who": {"id": 0}, "rated_at": 881_270_000}]:
+            producer.send_raw(config.kafka.events_topic, json.dumps(record).encode(), key=b"0")
+    summary = IngestJob(config).run_once()
+    assert (summary["events"], summary["dead_letters"]) == (3, 2), summary
+    root = config.storage.resolved_root()
+    assert read_events(root).num_rows == 23
+    kinds = sorted(d["reason_kind"] for d in read_dead_letters(root).to_pylist())
+    assert kinds == ["duplicate_event_id", "missing_field"]
+    user0 = store_sequences.read_sequences(root, "all").filter(pa.compute.equal(
+        store_sequences.read_sequences(root, "all").column("user_id"), "0")).to_pylist()[0]
+    imported = [r["movie"] for i, r in enumerate(_history(20).to_pylist()) if r["who"]["id"] == 0]
+    assert user0["item_ids"] == [*imported, "m99", "m99", "m99"]  # the import, then the live events
+
+    storage = Files(root)
+    with pytest.raises(RewindError, match="imported history"):
+        rewind(storage, config.kafka.events_topic, {IMPORT_PARTITION_BASE: 0})
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(json.dumps(config.model_dump(mode="json")))
+    run = subprocess.run([sys.executable, "-m", "precise.cli", "lake", "rewind", "--config", str(config_path),
+                          "--to-offset", "0"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    offsets = load_ledger(storage).offsets[config.kafka.events_topic]
+    assert offsets[IMPORT_PARTITION_BASE] == 20 and all(o == 0 for p, o in offsets.items() if p < IMPORT_PARTITION_BASE)
+    assert read_events(root).num_rows == 20  # the live events wait to be re-read; the import stays
