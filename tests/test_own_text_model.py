@@ -57,15 +57,24 @@ def test_a_local_folder_is_a_text_model_of_its_own_width(own_model, tmp_path):
     assert model_spec(str(save_tiny_bert(tmp_path / "again", seed=0))).name.split("-")[-1] == spec.name.split("-")[-1]
 
 
+def test_a_hugging_face_id_from_the_local_cache(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    save_tiny_bert(hub / "models--acme--tiny-bert" / "snapshots" / "0123abcd")
+    (hub / "models--acme--tiny-bert" / "refs").mkdir()
+    (hub / "models--acme--tiny-bert" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    spec = model_spec("acme/tiny-bert")
+    assert spec.dim == WIDTH and spec.name.startswith("own-acme--tiny-bert-") and spec.folder.endswith("0123abcd")
+    emb = item_token_embeddings(TEXTS, model="acme/tiny-bert", max_tokens=6, cache_dir=tmp_path, progress=False)
+    assert emb.states.shape == (3, 6, WIDTH)
+
+
 def test_a_missing_model_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(ModelNotInstalledError, match=r"config.json does not exist; a model folder holds"):
         model_spec(str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    import huggingface_hub.constants as hub
-
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(ModelNotInstalledError, match=r"'acme/tiny-llm' is not in the local Hugging Face cache.*"
-                                                     r"hf download acme/tiny-llm"):
+    with pytest.raises(ModelNotInstalledError, match=r"'acme/tiny-llm' is not in the local Hugging Face "
+                                                     r"cache \(.*/hub\).*hf download acme/tiny-llm"):
         item_token_embeddings({"1": "Heat"}, model="acme/tiny-llm", cache_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="unknown text model 'gpt 9'.*a local model folder"):
         model_spec("gpt 9")

@@ -111,25 +111,29 @@ def model_spec(name: str) -> TextModelSpec:
 
 
 def _cached_hub_folder(repo_id: str) -> Path:
-    """The local snapshot of a Hugging Face model; never downloads."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    """The local snapshot of a Hugging Face model (found through transformers); never downloads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import cached_file
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        config = cached_file(repo_id, "config.json", cache_dir=_hub_cache(), local_files_only=True)
+    except (OSError, ValueError):
+        config = None
+    if config is None:
         raise ModelNotInstalledError(
             f"text model {repo_id!r} is not in the local Hugging Face cache ({_hub_cache()}) and nothing is "
             f"downloaded at run time: on a machine with network run `hf download {repo_id}` and copy the cache "
             f"here (or set HF_HOME to it), or save the model with save_pretrained and set training.text.model "
             f"to that folder"
-        ) from None
+        )
+    return Path(config).parent
 
 
 def _hub_cache() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface")
+    return str(Path(home).expanduser() / "hub")
 
 
 def _hidden_size(config: dict[str, Any]) -> int | None:
