@@ -21,7 +21,8 @@ def load_job(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 
 def test_every_job_is_listed():
-    assert JOBS == ["deploy_serve", "ingest", "pipeline", "predict", "replay", "sequences", "targeted", "universal"]
+    assert JOBS == ["deploy_serve", "import_history", "ingest", "pipeline", "predict", "replay", "sequences",
+                    "targeted", "universal"]
 
 
 @pytest.mark.parametrize("name", JOBS)

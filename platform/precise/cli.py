@@ -59,7 +59,7 @@ def _stack(args: argparse.Namespace) -> int:
 def _lake_rewind(args: argparse.Namespace) -> int:
     """`precise lake rewind`: move the ledger back (aware of compaction); the next ingest re-reads."""
     from precise.store.files import Files
-    from precise.store.lake import Layout, load_ledger
+    from precise.store.lake import Layout, is_import_partition, load_ledger
     from precise.store.lease import WriterLease
     from precise.store.rewind import RewindError, rewind
 
@@ -72,7 +72,8 @@ def _lake_rewind(args: argparse.Namespace) -> int:
         print("error: --offset takes PARTITION=OFFSET, e.g. --offset 0=51234", file=sys.stderr)
         return 2
     if args.to_offset is not None:
-        offsets = {p: args.to_offset for p in load_ledger(storage).offsets.get(topic, {})} | offsets
+        offsets = {p: args.to_offset for p in load_ledger(storage).offsets.get(topic, {})
+                   if not is_import_partition(p)} | offsets
     if not offsets:
         print("error: give --offset PARTITION=OFFSET (repeatable) or --to-offset OFFSET", file=sys.stderr)
         return 2

@@ -91,8 +91,17 @@ class StorageConfig(Section):
 class TextModelConfig(Section):
     """The LLM whose token states initialise the item token table (precise.text)."""
 
-    model: str = "minilm"  # smollm2 (the default LLM of the paper setup) | minilm (fast) | hashed (tests)
+    # smollm2 (the default LLM of the paper setup) | minilm (fast) | hashed (tests) | your own: a local
+    # model folder (./path, transformers save_pretrained) or a Hugging Face id (org/name) already in the
+    # local Hugging Face cache; nothing is downloaded (docs/bring-your-own.md)
+    model: str = Field("minilm", min_length=1)
     max_tokens: int = Field(32, ge=1)  # m: tokens per item
+    # Item text not in the token cache is encoded by a Ray Data actor pool when Ray is up (training
+    # jobs), not by the driver: the pool's size
+    encode_actors: int = Field(1, ge=1)
+    encode_batch_size: int = Field(32, ge=1)  # texts per model call in an encoding actor
+    encode_num_cpus: float = Field(1.0, gt=0)  # logical CPUs per encoding actor (and its torch threads)
+    encode_num_gpus: float | None = Field(None, ge=0)  # null: 1 per actor when the cluster has a GPU, else 0
 
 
 def _options_of(cls: type, exclude: tuple[str, ...]) -> type[Section]:
@@ -177,6 +186,84 @@ class TrainingConfig(Section):
         return self
 
 
+EVENT_FIELDS = ("event_id", "user_id", "item_id", "scene", "action", "ts", "value")  # the event contract
+_DERIVED_EVENT_ID = "event_id"  # the one contract field a mapping may leave out (it is derived)
+
+
+class FieldMapping(Section):
+    """`ingest.field_mapping`: how records of your own topic or history schema become the event
+    contract (precise.events.mapping), applied before the contract's checks. Every contract field but
+    `event_id` and `value` comes from `fields` or `constants`; without an `event_id` one is derived
+    from the mapped content (the same event always gets the same id, so re-sent copies are dropped)."""
+
+    # contract field -> where it is in your record: a top-level name or a dotted path into nested
+    # objects (e.g. user_id: user.id)
+    fields: dict[str, str] = Field(default_factory=dict)
+    constants: dict[str, str | int | float] = Field(default_factory=dict)  # contract field -> fixed value
+    # contract field -> {your value: contract value} (e.g. action: {thumbs_up: like}); other values pass
+    values: dict[str, dict[str, str | int | float]] = Field(default_factory=dict)
+    timestamp: Literal["ms", "s", "iso"] = "ms"  # your ts: epoch ms, epoch s, or ISO 8601 (naive = UTC)
+    ids_as_strings: bool = True  # integer ids (user_id: 42) become strings ("42"); false: rejected
+    keep_unmapped: bool = True  # your record's other top-level fields are kept as the event's extra fields
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_value_keys(cls, data: Any) -> Any:
+        # YAML reads `1: click` with an int key; match it to the record's value as text
+        if isinstance(data, dict) and isinstance(data.get("values"), dict):
+            data = {**data, "values": {f: {str(k): v for k, v in (m or {}).items()} if isinstance(m, dict) else m
+                                       for f, m in data["values"].items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _covers_the_contract(self) -> FieldMapping:
+        for part in ("fields", "constants", "values"):
+            unknown = sorted(set(getattr(self, part)) - set(EVENT_FIELDS))
+            if unknown:
+                raise ValueError(f"{part}: {unknown} are not event contract fields {list(EVENT_FIELDS)}")
+        both = sorted(set(self.fields) & set(self.constants))
+        if both:
+            raise ValueError(f"{both} are both in fields and in constants; give each field one source")
+        missing = [f for f in EVENT_FIELDS if f not in self.fields and f not in self.constants
+                   and f not in (_DERIVED_EVENT_ID, "value")]
+        if missing:
+            raise ValueError(f"the mapping gives no source for the contract fields {missing}: add them to "
+                             f"fields (your field's name or dotted path) or to constants (a fixed value)")
+        if "ts" in self.constants:
+            raise ValueError("ts (the event time) cannot be a constant; map it from your record in fields")
+        return self
+
+
+ITEM_FIELDS = ("item_id", "text", "scene", "created_ts")  # the item contract
+
+
+class ItemFieldMapping(Section):
+    """`ingest.item_field_mapping`: how records of your catalogue schema become the item contract, for
+    the items topic and `jobs/import_history.py --items`. `text` comes from `fields` or from
+    `text_template` (e.g. "{title} ({year}). Genres: {genres}", names or dotted paths of your record);
+    without `created_ts` an item gets the time it was read."""
+
+    fields: dict[str, str] = Field(default_factory=dict)  # contract field -> your field's name or dotted path
+    constants: dict[str, str | int] = Field(default_factory=dict)  # contract field -> fixed value
+    text_template: str | None = None  # the item text built from several of your fields
+    timestamp: Literal["ms", "s", "iso"] = "ms"  # your created_ts: epoch ms, epoch s, or ISO 8601
+    ids_as_strings: bool = True  # an integer item_id becomes a string
+    keep_unmapped: bool = False  # your record's other top-level fields are kept as the item's extra fields
+
+    @model_validator(mode="after")
+    def _covers_the_contract(self) -> ItemFieldMapping:
+        for part in ("fields", "constants"):
+            unknown = sorted(set(getattr(self, part)) - set(ITEM_FIELDS))
+            if unknown:
+                raise ValueError(f"{part}: {unknown} are not item contract fields {list(ITEM_FIELDS)}")
+        if "item_id" not in self.fields:
+            raise ValueError("fields.item_id is required: where your record holds the item's id")
+        sources = ("text" in self.fields) + ("text" in self.constants) + (self.text_template is not None)
+        if sources != 1:
+            raise ValueError("give the item text exactly one source: fields.text, constants.text or text_template")
+        return self
+
+
 class IngestConfig(Section):
     """The ingest job (`jobs/ingest.py`): Kafka -> validated event lake, in micro-batches."""
 
@@ -215,6 +302,10 @@ class IngestConfig(Section):
     # Passed to the Confluent consumer of the partition reads and the offset queries (librdkafka
     # names), on top of what kafka.client_options maps to.
     consumer_config: dict[str, Any] = Field(default_factory=dict)
+    # Your schema -> the event contract, for the events topic and jobs/import_history.py; null:
+    # records are the contract as they are (docs/bring-your-own.md)
+    field_mapping: FieldMapping | None = None
+    item_field_mapping: ItemFieldMapping | None = None  # the same for the items topic / imported catalogues
 
 
 class SequenceSpec(Section):

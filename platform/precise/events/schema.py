@@ -112,9 +112,8 @@ def _reason(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _build(model: type[BaseModel], payload: Any, context: dict[str, Any] | None = None) -> Any:
-    if isinstance(payload, model):
-        return payload
+def json_object(payload: Any) -> dict[str, Any]:
+    """Raw bytes (UTF-8 JSON) or a dict -> the dict; `InvalidEventError` naming what is wrong."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         try:
             text = bytes(payload).decode("utf-8")
@@ -126,6 +125,13 @@ def _build(model: type[BaseModel], payload: Any, context: dict[str, Any] | None 
             raise InvalidEventError(f"invalid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidEventError(f"expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _build(model: type[BaseModel], payload: Any, context: dict[str, Any] | None = None) -> Any:
+    if isinstance(payload, model):
+        return payload
+    payload = json_object(payload)
     try:
         return model.model_validate(payload, context=context)
     except ValidationError as exc:

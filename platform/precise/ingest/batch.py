@@ -299,10 +299,7 @@ class Ingestor:
         import ray
 
         options = librdkafka_options(self.kafka, self.settings)
-        kwargs = {"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
-                  "allowed_actions": self.allowed_actions,
-                  "max_payload_bytes": self.settings.max_payload_bytes,
-                  "max_event_time_ahead_s": self.settings.max_event_time_ahead_s}
+        kwargs = self.validation_options()
         task = ray.remote(_read_and_validate).options(num_cpus=self.settings.read_num_cpus, num_returns=2,
                                                       max_retries=0)
         refs = [task.remote(self.kafka.bootstrap_servers, options, r.topic, r.partition, r.start, r.end,
@@ -312,6 +309,33 @@ class Ingestor:
         delivered = {(r.topic, r.partition): end for r, end in zip(todo, ends, strict=True)}
         tables = [t for t in tables if t.num_rows]
         return (pa.concat_tables(tables) if tables else VALIDATED_SCHEMA.empty_table()), delivered
+
+    def validation_options(self) -> dict[str, Any]:
+        """The keyword arguments of `validate_records` for this lake's topics and settings."""
+        return {"events_topic": self.kafka.events_topic, "items_topic": self.kafka.items_topic,
+                "allowed_actions": self.allowed_actions, "max_payload_bytes": self.settings.max_payload_bytes,
+                "max_event_time_ahead_s": self.settings.max_event_time_ahead_s,
+                "field_mapping": self.settings.field_mapping, "item_field_mapping": self.settings.item_field_mapping}
+
+    def commit_validated(self, validated: pa.Table, covered: dict[tuple[str, int], tuple[int, int]]) -> BatchResult:
+        """Write and commit rows validated outside a Kafka read (precise.ingest.history): the same
+        dedupe, files, dead letters and ledger commit as a batch, for the ranges in `covered`."""
+        if self._dirty:
+            self._recover()
+        self._topic_ids = dict(self.ledger.topic_ids)
+        self._gaps = {}
+        try:
+            return self._write_and_commit(validated, covered, {})
+        except BaseException:
+            self._dirty = True
+            raise
+
+    def commit_ledger(self, ledger: Ledger) -> None:
+        """Save `ledger` as this writer (refused once another writer fenced this one)."""
+        if self._lease is not None:
+            self._lease.check(load_ledger(self.storage).writer_generation)
+        save_ledger(self.storage, ledger)
+        self.ledger = ledger
 
     def _split_events(self, rows: pa.Table) -> tuple[pa.Table, pa.Table]:
         """(new valid events, rejects) of the events topic, duplicates turned into rejects."""

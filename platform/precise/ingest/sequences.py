@@ -35,7 +35,13 @@ import pyarrow.compute as pc
 from precise.config import PreciseConfig, SequenceSpec
 from precise.store import sequences as store
 from precise.store.files import Files
-from precise.store.lake import event_files, load_ledger, parse_range_file_name, read_parquet_files
+from precise.store.lake import (
+    event_files,
+    is_import_partition,
+    load_ledger,
+    parse_range_file_name,
+    read_parquet_files,
+)
 from precise.store.sequences import SEQUENCE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -207,8 +213,11 @@ class SequenceBuilder:
         counts = pc.value_counts(table.column("user_id"))
         split_users = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
         if len(split_users):  # a user whose events came through more than one partition
-            log.warning("sequences %s: %d users have events in several Kafka partitions (events should be "
-                        "keyed by user)", spec.name, len(split_users))
+            # expected when live events follow an imported history (a partition of its own)
+            imported = any(is_import_partition(p) for p in by_partition)
+            log.log(logging.INFO if imported else logging.WARNING,
+                    "sequences %s: %d users have events in several partitions (Kafka events should be keyed by "
+                    "user; an imported history is a partition of its own)", spec.name, len(split_users))
             is_split = pc.is_in(table.column("user_id"), value_set=split_users)
             table = pa.concat_tables([table.filter(pc.invert(is_split)),
                                       collapse(explode(table.filter(is_split)), self.config.max_len)])

@@ -15,6 +15,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
+from precise.config import FieldMapping, ItemFieldMapping
+from precise.events.mapping import map_event, map_item
 from precise.events.schema import BehaviorEvent, InvalidEventError, parse_event, parse_item
 
 VALIDATED_SCHEMA = pa.schema([
@@ -100,8 +102,14 @@ def parse_event_fast(raw: bytes, allowed_actions: tuple[str, ...], context: dict
 
 
 def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, allowed_actions: tuple[str, ...],
-                     max_payload_bytes: int, max_event_time_ahead_s: float = 86_400.0) -> pa.Table:
+                     max_payload_bytes: int, max_event_time_ahead_s: float = 86_400.0,
+                     field_mapping: FieldMapping | None = None,
+                     item_field_mapping: ItemFieldMapping | None = None) -> pa.Table:
     """Validate one block of Kafka records (the `map_batches` function); see VALIDATED_SCHEMA.
+
+    `field_mapping` (ingest.field_mapping) turns each event record of your schema into the
+    contract's shape first (precise.events.mapping); the contract's checks follow unchanged.
+    `item_field_mapping` does the same for the item records.
 
     Event time may be up to `max_event_time_ahead_s` ahead of the later of this worker's clock and
     the record's Kafka timestamp: a worker with a slow clock does not reject a broker-stamped event.
@@ -127,7 +135,9 @@ def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, al
             if topic == events_topic:
                 if raw is None:
                     raise InvalidEventError("empty record: an event needs a JSON value")
-                event = parse_event_fast(raw, allowed_actions, {"now_ms": kafka_ts, "max_ahead_ms": ahead_ms})
+                context = {"now_ms": kafka_ts, "max_ahead_ms": ahead_ms}
+                event = (parse_event_fast(raw, allowed_actions, context) if field_mapping is None
+                         else parse_event(map_event(raw, field_mapping), allowed_actions, context))
                 row = {"event_id": event.event_id, "user_id": event.user_id, "item_id": event.item_id,
                        "scene": event.scene, "action": event.action, "ts": event.ts, "value": event.value,
                        "extra": _extra(event)}
@@ -138,7 +148,8 @@ def validate_records(batch: pa.Table, *, events_topic: str, items_topic: str, al
                         raise InvalidEventError("empty record: a tombstone needs the item id as its key")
                     row = {"item_id": item_id, "deleted": True}
                 else:
-                    item = parse_item(raw)
+                    mapped = raw if item_field_mapping is None else map_item(raw, item_field_mapping, kafka_ts)
+                    item = parse_item(mapped)
                     row = {"item_id": item.item_id, "text": item.text, "scene": item.scene,
                            "created_ts": item.created_ts, "deleted": False, "extra": _extra(item)}
             else:

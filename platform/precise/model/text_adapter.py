@@ -53,7 +53,8 @@ def hashed_token_embeddings(
 def load_token_states(
     item_texts: Mapping[str, str], model: str, max_tokens: int, **kwargs: object
 ) -> TokenEmbeddings:
-    """Token states from `precise.text` (or the hashed stand-in when `model == "hashed"`)."""
+    """Token states from `precise.text` (or the hashed stand-in when `model == "hashed"`); `kwargs` go to
+    `item_token_embeddings` (e.g. `pool`: encode in a Ray Data actor pool)."""
     if model == "hashed":
         return hashed_token_embeddings(item_texts, max_tokens=max_tokens)
     try:

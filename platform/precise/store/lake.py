@@ -30,6 +30,10 @@ import pyarrow.parquet as pq
 from precise.store.files import Files
 
 LEDGER_VERSION = 1
+# Imported histories (precise.ingest.history) are partitions of the events at and above this number:
+# row r of import k is offset r of partition IMPORT_PARTITION_BASE + k, so its files, dead letters
+# and commits are those of a Kafka partition (no real topic has a million partitions)
+IMPORT_PARTITION_BASE = 1_000_000
 _FILE_NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
 
 EVENT_SCHEMA = pa.schema([
@@ -162,6 +166,8 @@ class Ledger:
     topic_ids: dict[str, str] = field(default_factory=dict)
     rewinds: list[dict[str, Any]] = field(default_factory=list)  # `precise lake rewind` history
     writer_generation: int = 0  # the writer lease generation of the job that committed this ledger
+    # histories imported into the lake (precise.ingest.history): name, sha256, partition, status
+    imports: list[dict[str, Any]] = field(default_factory=list)
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self.offsets.get(topic, {}).get(partition)
@@ -179,6 +185,7 @@ class Ledger:
             "topic_ids": self.topic_ids,
             "rewinds": self.rewinds,
             "writer_generation": self.writer_generation,
+            "imports": self.imports,
         }, indent=1).encode()
 
     @classmethod
@@ -191,7 +198,13 @@ class Ledger:
                    batches=int(raw.get("batches", 0)), committed_at_ms=int(raw.get("committed_at_ms", 0)),
                    totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])),
                    topic_ids=dict(raw.get("topic_ids", {})), rewinds=list(raw.get("rewinds", [])),
-                   writer_generation=int(raw.get("writer_generation", 0)))
+                   writer_generation=int(raw.get("writer_generation", 0)),
+                   imports=list(raw.get("imports", [])))
+
+
+def is_import_partition(partition: int) -> bool:
+    """An events partition that holds an imported history, not a Kafka partition."""
+    return partition >= IMPORT_PARTITION_BASE
 
 
 def load_ledger(storage: Files) -> Ledger:

@@ -25,7 +25,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from precise.store.files import Files
-from precise.store.lake import Layout, load_ledger, range_file_name, save_ledger, spans, superseded
+from precise.store.lake import (
+    Layout,
+    is_import_partition,
+    load_ledger,
+    range_file_name,
+    save_ledger,
+    spans,
+    superseded,
+)
 
 
 class RewindError(ValueError):
@@ -64,6 +72,9 @@ def rewind(storage: Files, topic: str, offsets: dict[int, int]) -> dict[str, obj
     if not current:
         raise RewindError(f"the ledger of {storage.uri} has no offsets of topic {topic!r}")
     for partition, offset in offsets.items():
+        if is_import_partition(partition):
+            raise RewindError(f"{topic}[{partition}] holds an imported history (jobs/import_history.py), not a "
+                              f"Kafka partition: nothing could re-read it")
         if partition not in current:
             raise RewindError(f"{topic}[{partition}] is not in the ledger (partitions: {sorted(current)})")
         if offset < 0 or offset > current[partition]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from precise import paths
 from precise.text.cache import TokenCache, text_key
 from precise.text.models import load_text_model, model_spec
+from precise.text.pool import EncodePool, encode_on_ray
 
 
 @dataclass
@@ -38,12 +39,15 @@ def item_token_embeddings(
     cache_dir: Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    pool: EncodePool | None = None,
 ) -> TokenEmbeddings:
     """Last-layer LLM states of each item's text tokens, in the order of `item_texts`.
 
     States are cached on disk keyed by (model, max_tokens, sha256 of the text): a text is encoded
     once ever, and a call with new items only runs the model on texts not seen before (items sharing
-    a text share one encoding). The model is loaded only when something must be encoded.
+    a text share one encoding). The model is loaded only when something must be encoded: in a Ray
+    Data actor pool when `pool` is given (precise.text.pool), else in this process.
+    `model`: a packaged name, a local model folder or a cached Hugging Face id (precise.text.models).
     """
     spec = model_spec(model)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -69,7 +73,7 @@ def item_token_embeddings(
         else:
             found[key] = states
     if todo:
-        found.update(_encode_and_store(todo, item_texts, cache, model, max_tokens, batch_size, progress))
+        found.update(_encode_and_store(todo, item_texts, cache, model, max_tokens, batch_size, progress, pool))
 
     out = np.zeros((len(item_ids), max_tokens, spec.dim), dtype=np.float16)
     mask = np.zeros((len(item_ids), max_tokens), dtype=bool)
@@ -88,12 +92,15 @@ def _encode_and_store(
     max_tokens: int,
     batch_size: int,
     progress: bool,
+    pool: EncodePool | None,
 ) -> dict[str, np.ndarray]:
     """Encode the missing texts in batches, storing each batch as soon as it is done so that an
     interrupted run keeps its progress."""
-    encoder = load_text_model(model)
     # Similar lengths in a batch means little padding: sort by text length (a cheap proxy for tokens).
     pending = sorted(todo.items(), key=lambda kv: len(item_texts[kv[1]]))
+    texts = [item_texts[item_id] for _, item_id in pending]
+    batches = (_local_batches(texts, model, max_tokens, batch_size) if pool is None
+               else encode_on_ray(texts, model, max_tokens, pool))
     done: dict[str, np.ndarray] = {}
     # Each cache write waits ~5 ms on fsync (disk, not CPU); a writer thread overlaps that with the
     # next batch's forward pass. One worker keeps writes in order and bounds the extra threads.
@@ -101,9 +108,8 @@ def _encode_and_store(
         total=len(pending), desc=f"token embeddings ({model})", unit="text", disable=not progress
     ) as bar:
         writes: list[Future[None]] = []
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            states, mask = encoder.encode([item_texts[item_id] for _, item_id in batch], max_tokens)
+        for rows, states, mask in batches:
+            batch = [pending[row] for row in rows]
             fresh: dict[str, np.ndarray] = {}
             for (key, item_id), row_states, row_mask in zip(batch, states, mask, strict=True):
                 n_tokens = int(row_mask.sum())
@@ -119,6 +125,14 @@ def _encode_and_store(
         for write in writes:
             write.result()  # re-raise a failed write here rather than lose it
     return done
+
+
+def _local_batches(texts: list[str], model: str, max_tokens: int, batch_size: int
+                   ) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+    encoder = load_text_model(model)
+    for start in range(0, len(texts), batch_size):
+        rows = range(start, min(start + batch_size, len(texts)))
+        yield (rows, *encoder.encode(texts[rows.start : rows.stop], max_tokens))
 
 
 def _put_all(cache: TokenCache, entries: dict[str, np.ndarray]) -> None:

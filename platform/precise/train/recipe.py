@@ -34,12 +34,13 @@ from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 from torch import nn
 
-from precise.config import PreciseConfig, TrainOptions
+from precise.config import PreciseConfig, TextModelConfig, TrainOptions
 from precise.model import ModelConfig, build_model
 from precise.model.text_adapter import TokenProjection, fit_token_projection, load_token_states, token_table
 from precise.store import sequences as store_sequences
 from precise.store.lake import read_items
 from precise.store.registry import ITEMS_FILE, PROJECTION_FILE, ModelRegistry, ModelVersion, RegistryError
+from precise.text.pool import EncodePool, pool_of
 from precise.train.data import (
     EvalSet,
     epoch_batches,
@@ -247,7 +248,7 @@ def setup(config: PreciseConfig, kind: str, *, start: Start = "parent", until_ts
         known = {i: texts[i] for i in items if i in texts}
         if not known:
             raise TrainingError("no item texts in the lake (item-catalog not ingested?); the text variants need them")
-        tokens = load_token_states(known, t.text.model, t.text.max_tokens, progress=False)
+        tokens = load_token_states(known, t.text.model, t.text.max_tokens, progress=False, pool=_encode_pool(t.text))
         projection = projection or fit_token_projection(tokens, model_config.token_dim)
         table = token_table(tokens, items, model_config.token_dim, projection)
 
@@ -290,6 +291,13 @@ def setup(config: PreciseConfig, kind: str, *, start: Start = "parent", until_ts
                         "max_len": model_config.max_len},
         lineage=lineage,
     )
+
+
+def _encode_pool(text: TextModelConfig) -> EncodePool | None:
+    """Uncached item text is encoded by a Ray Data actor pool when Ray is up, not by this driver."""
+    import ray
+
+    return pool_of(text) if ray.is_initialized() else None
 
 
 def _parent(registry: ModelRegistry, kind: str, start: Start, task: str) -> tuple[ModelVersion | None, dict[str, Any]]:
