@@ -24,6 +24,7 @@ the index per date window instead (retries arrive close to the original).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -123,14 +124,19 @@ class Ingestor:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def __enter__(self) -> Ingestor:
-        self._lock = self.storage.lock(self.layout.lock)
+        self._lock = self.storage.lock(self.layout.lock) if self.faults.flock else contextlib.nullcontext()
         self._lock.__enter__()
         try:
             # flock holds on one machine only; the lease also on object stores and shared volumes,
             # and it is taken before _load, whose clean-up deletes files above the ledger
-            self._lease = WriterLease(self.storage, self.settings.writer_lease_s)
-            self._lease.acquire(same_host_is_stale=self.storage.local,
-                                floor=load_ledger(self.storage).writer_generation)
+            self._lease = WriterLease(self.storage, self.settings.writer_lease_s, self.faults.lease_race_s)
+            ledger = load_ledger(self.storage)
+            generation = self._lease.acquire(same_host_is_stale=self.storage.local and self.faults.flock,
+                                             floor=ledger.writer_generation)
+            # the fence: a ledger version of this generation, before anything is deleted or written,
+            # so a previous holder that stalled past its lease can never commit (it would create
+            # the version this one just created); also migrates a single-file ledger to versions
+            save_ledger(self.storage, replace(ledger, writer_generation=generation))
             self._load()
         except BaseException:
             if self._lease is not None:
@@ -350,6 +356,8 @@ class Ingestor:
         rejected = pa.concat_tables([rejected, item_records.filter(pc.is_valid(item_records.column("reason")))])
         item_records = item_records.filter(pc.is_null(item_records.column("reason")))
 
+        if self._lease is not None:  # a fenced writer writes nothing
+            self._lease.check()
         self.faults.hit("before_write")
         files = 0
         for path, table in self._event_files(events, covered, now):

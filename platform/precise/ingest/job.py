@@ -19,6 +19,7 @@ from precise.config import PreciseConfig
 from precise.ingest.batch import BatchResult, Ingestor
 from precise.ingest.faults import Faults
 from precise.metrics import best_effort
+from precise.store.lake import WriterFenced
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class IngestJob:
                     result = ingestor.run_batch(until=target)
                     if result.planned and not result.advanced:
                         raise RuntimeError("the planned range returned nothing (read timed out?)")
+                except WriterFenced:
+                    raise  # another job owns the lake now: never retried
                 except Exception as exc:
                     failures += 1
                     self.totals["failures"] += 1
@@ -108,6 +111,8 @@ class IngestJob:
                 try:
                     self._ensure_topics()
                     result = ingestor.run_batch()
+                except WriterFenced:
+                    raise  # another job owns the lake now: never retried
                 except Exception as exc:
                     failures += 1
                     self.totals["failures"] += 1

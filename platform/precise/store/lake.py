@@ -2,7 +2,8 @@
 
 Layout under the storage root (local path or URI):
 
-    lake/_ledger.json                               next offset per topic-partition (the commit point)
+    lake/_ledger/{N}.json                           ledger version N: next offset per topic-partition
+    lake/_ledger/_latest                            hint: the newest N (readers probe past it)
     lake/events/date=YYYY-MM-DD/p{P}-{S}-{E}.parquet   valid events, by event date (UTC)
     lake/dead_letter/topic=<topic>/p{P}-{S}-{E}.parquet rejected records, raw bytes and reason
     lake/items/items.parquet                        latest text and first-seen time per item
@@ -13,6 +14,14 @@ batch re-run after a crash writes the same names and overwrites. The ledger is w
 data it covers. A file is *committed* when its range lies below the ledger's next offset for its
 partition; a file at or above it was left by a batch that crashed before committing, is ignored by
 every reader here, and is deleted by the next ingest run before it writes the range again.
+
+The ledger is a sequence of versions (as Delta Lake's log): a commit *creates* version N+1 of the
+version N it read, create-if-absent (`Files.create`), so of two writers that read N exactly one
+commits; the other gets `LedgerConflict` and stops without writing further. That holds on object
+stores and volumes shared between nodes, where no lock does. Readers take the newest version: the
+`_latest` hint, then a probe past it (two small reads). The last LEDGER_KEEP versions are kept. A
+lake from before versions (`lake/_ledger.json`) is read as version 0 and migrated by its first
+commit (ingest commits a version when it starts).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -30,6 +39,8 @@ import pyarrow.parquet as pq
 from precise.store.files import Files
 
 LEDGER_VERSION = 1
+LEDGER_KEEP = 100  # ledger versions kept (older ones are deleted by later commits)
+_LEDGER_NAME = re.compile(r"^(\d{12})\.json$")
 _FILE_NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
 
 EVENT_SCHEMA = pa.schema([
@@ -85,7 +96,19 @@ class Layout:
 
     @property
     def ledger(self) -> str:
+        """The single-file ledger of lakes written before ledger versions (read, never written)."""
         return self.storage.path("lake", "_ledger.json")
+
+    @property
+    def ledger_dir(self) -> str:
+        return self.storage.path("lake", "_ledger")
+
+    def ledger_version(self, n: int) -> str:
+        return f"{self.ledger_dir}/{n:012d}.json"
+
+    @property
+    def ledger_hint(self) -> str:
+        return f"{self.ledger_dir}/_latest"
 
     @property
     def lock(self) -> str:
@@ -162,6 +185,7 @@ class Ledger:
     topic_ids: dict[str, str] = field(default_factory=dict)
     rewinds: list[dict[str, Any]] = field(default_factory=list)  # `precise lake rewind` history
     writer_generation: int = 0  # the writer lease generation of the job that committed this ledger
+    version: int = field(default=0, compare=False)  # the ledger version read (0: none yet); not stored
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self.offsets.get(topic, {}).get(partition)
@@ -194,15 +218,55 @@ class Ledger:
                    writer_generation=int(raw.get("writer_generation", 0)))
 
 
+class WriterFenced(RuntimeError):
+    """Another writer took the lake over: this one stops without writing further."""
+
+
+class LedgerConflict(WriterFenced):
+    """The ledger version this writer meant to commit was committed by another writer."""
+
+
+def _latest_version(storage: Files) -> int:
+    """The newest ledger version (0: none): the hint, probed forward; a listing without a hint."""
+    layout = Layout(storage)
+    hint = storage.read_bytes(layout.ledger_hint)
+    n = int(hint) if hint and hint.strip().isdigit() else 0
+    if n == 0 or not storage.exists(layout.ledger_version(n)):  # no hint, or pruned past it
+        names = [_LEDGER_NAME.match(p.rsplit("/", 1)[-1]) for p in storage.list_files(layout.ledger_dir, False)]
+        n = max((int(m[1]) for m in names if m), default=0)
+    while storage.exists(layout.ledger_version(n + 1)):
+        n += 1
+    return n
+
+
 def load_ledger(storage: Files) -> Ledger:
-    data = storage.read_bytes(Layout(storage).ledger)
-    return Ledger() if data is None else Ledger.from_json(data)
+    """The newest committed ledger (an empty one for a new lake)."""
+    layout = Layout(storage)
+    for _ in range(5):  # a version pruned between finding and reading it: look again
+        n = _latest_version(storage)
+        if n == 0:
+            data = storage.read_bytes(layout.ledger)
+            return Ledger() if data is None else Ledger.from_json(data)
+        data = storage.read_bytes(layout.ledger_version(n))
+        if data is not None:
+            return replace(Ledger.from_json(data), version=n)
+    raise RuntimeError(f"the ledger of {storage.uri} kept changing while it was read")
 
 
 def save_ledger(storage: Files, ledger: Ledger) -> None:
-    """Atomically replace the ledger: the commit point of a batch."""
+    """Commit `ledger` as the version after the one it was read at (`ledger.version`), the commit
+    point of a batch: create-if-absent, so a writer that lost the lake to another one raises
+    LedgerConflict instead. On success `ledger.version` is the new version."""
+    layout = Layout(storage)
+    n = ledger.version + 1
     ledger.committed_at_ms = int(time.time() * 1000)
-    storage.write_bytes(Layout(storage).ledger, ledger.to_json())
+    if not storage.create(layout.ledger_version(n), ledger.to_json()):
+        raise LedgerConflict(f"fenced: ledger version {n} of the lake at {storage.uri} was committed by another "
+                             f"writer (this one read version {n - 1}); this job stops without writing further")
+    ledger.version = n
+    storage.write_bytes(layout.ledger_hint, str(n).encode())  # a hint: readers probe past a stale one
+    if n > LEDGER_KEEP:
+        storage.delete(layout.ledger_version(n - LEDGER_KEEP))
 
 
 def split_committed(paths: list[str], offsets: dict[int, int]) -> tuple[list[str], list[str]]:
