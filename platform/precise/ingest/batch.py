@@ -233,19 +233,31 @@ class Ingestor:
         return {t: {p: high for p, (_, high) in parts.items()} for t, parts in marks.items()}
 
     def _check_topic_ids(self, topics: list[str]) -> None:
-        """Refuse a topic that was deleted and re-created since the ledger last committed it.
+        """Start a new incarnation of a topic that was deleted and re-created since the ledger last
+        committed it (its Kafka topic id changed).
 
-        Its offsets start again at 0, so the ledger's offsets and the lake's range file names mean
-        nothing for it: the new topic goes to a new storage.root (docs/operations.md). New ids
-        are recorded by the next commit.
+        Its offsets start again at 0. The ledger keeps the old incarnation's offsets as history and
+        its next offsets become the new incarnation's `offset_base`: the new records get lake
+        offsets (file names, ledger, `offset` column) after the old ones, so the old incarnation's
+        committed files stay readable, and are neither overwritten nor superseded by the new ones.
+        The new incarnation is read from its earliest offset. Recorded by the next commit.
         """
         current = topic_ids(self.kafka, self.settings, topics)
         for topic, new in current.items():
             old = self.ledger.topic_ids.get(topic)
-            if old is not None and old != new:
-                raise LakeError(f"topic {topic!r} was deleted and re-created (topic id {old} in the ledger of "
-                                f"{self.storage.uri}, {new} in Kafka); its offsets restarted, so this lake "
-                                f"cannot continue it: ingest this topic into a new storage.root")
+            if old is None or old == new:
+                continue
+            offsets = dict(self.ledger.offsets.get(topic, {}))
+            log.warning("topic %r was deleted and re-created (topic id %s in the ledger of %s, %s in Kafka): "
+                        "the old incarnation's events stay in the lake (next offsets %s); the new one is read "
+                        "from its earliest offset, its lake offsets continue after the old ones", topic, old,
+                        self.storage.uri, new, offsets)
+            history = {"topic": topic, "topic_id": old, "offsets": {str(p): o for p, o in sorted(offsets.items())},
+                       "offset_base": {str(p): o for p, o in sorted(self.ledger.offset_base.get(topic, {}).items())},
+                       "ended_at_ms": int(time.time() * 1000), "new_topic_id": new}
+            self.ledger = replace(self.ledger, incarnations=[*self.ledger.incarnations, history],
+                                  offset_base={**self.ledger.offset_base, topic: offsets},
+                                  topic_ids={**self.ledger.topic_ids, topic: new})
         self._topic_ids = {**self.ledger.topic_ids, **current}
 
     def _plan(self, marks: dict[str, dict[int, tuple[int, int]]], until: dict[str, dict[int, int]] | None
@@ -255,7 +267,8 @@ class Ingestor:
         for topic, parts in marks.items():
             capped = topic == self.kafka.events_topic  # the compacted item topic is read to its end
             for partition, (low, high) in parts.items():
-                start = self.ledger.next_offset(topic, partition)
+                start = self.ledger.next_offset(topic, partition)  # in the lake's offsets: to Kafka's
+                start = None if start is None else start - self.ledger.base(topic, partition)
                 if start is not None and start > high:
                     raise LakeError(f"{topic}[{partition}] ends at offset {high}, below the ledger's {start}: "
                                     f"was the topic deleted and re-created? The lake at {self.storage.uri} "
@@ -289,12 +302,27 @@ class Ingestor:
         started = time.monotonic()
         validated, delivered = self._read(todo)
         covered, validated = settle(validated, todo, delivered)
+        covered, validated = self._to_lake_offsets(covered, validated)
         read_s = time.monotonic() - started
         if not covered:  # nothing came back (e.g. every read timed out): try again later
             return BatchResult(planned=planned, caught_up=False, lag=self._lag(highs), read_s=read_s)
         result = self._write_and_commit(validated, covered, highs)
         result.planned, result.read_s, result.write_s = planned, read_s, time.monotonic() - started - read_s
         return result
+
+    def _to_lake_offsets(self, covered: dict[tuple[str, int], tuple[int, int]], validated: pa.Table
+                         ) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
+        """Kafka offsets -> the lake's (+ the offset base of a re-created topic's incarnation)."""
+        bases = {key: self.ledger.base(*key) for key in covered}
+        if not any(bases.values()):
+            return covered, validated
+        covered = {key: (start + bases[key], stop + bases[key]) for key, (start, stop) in covered.items()}
+        shift = np.zeros(validated.num_rows, dtype=np.int64)
+        topics, parts = validated.column("topic").to_pylist(), validated.column("partition").to_pylist()
+        for i, key in enumerate(zip(topics, parts, strict=True)):
+            shift[i] = bases.get(key, 0)
+        offsets = pc.add(validated.column("offset"), pa.array(shift))
+        return covered, validated.set_column(validated.schema.get_field_index("offset"), "offset", offsets)
 
     def _read(self, todo: list[PartitionRange]) -> tuple[pa.Table, dict[tuple[str, int], int]]:
         """Read and validate each planned range in a Ray task; (validated rows, delivered end per range).
@@ -393,8 +421,8 @@ class Ingestor:
         totals = Counter(self.ledger.totals)
         totals.update({"events": events.num_rows, "dead_letters": dead_letters.num_rows,
                        "item_records": item_records.num_rows})
-        gaps = [{"topic": t, "partition": p, "start": lo, "end": hi, "detected_at_ms": now}
-                for (t, p), (lo, hi) in sorted(self._gaps.items()) if (t, p) in covered]
+        gaps = [{"topic": t, "partition": p, "start": lo + self.ledger.base(t, p), "end": hi + self.ledger.base(t, p),
+                 "detected_at_ms": now} for (t, p), (lo, hi) in sorted(self._gaps.items()) if (t, p) in covered]
         gap_counts: Counter[str] = Counter()
         for gap in gaps:
             gap_counts[gap["topic"]] += gap["end"] - gap["start"]
@@ -456,7 +484,8 @@ class Ingestor:
         return files
 
     def _lag(self, highs: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-        return {(t, p): max(0, high - (self.ledger.next_offset(t, p) or 0)) for (t, p), high in highs.items()}
+        return {(t, p): max(0, high - ((self.ledger.next_offset(t, p) or 0) - self.ledger.base(t, p)))
+                for (t, p), high in highs.items()}
 
 
 def settle(validated: pa.Table, todo: list[PartitionRange], delivered: dict[tuple[str, int], int] | None = None

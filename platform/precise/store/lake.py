@@ -53,7 +53,7 @@ EVENT_SCHEMA = pa.schema([
     ("value", pa.float64()),  # e.g. the rating; null when absent
     ("extra", pa.string()),  # unknown fields of the event as a JSON object; null when none
     ("partition", pa.int32()),  # where it came from in Kafka
-    ("offset", pa.int64()),
+    ("offset", pa.int64()),  # the lake's offset: Kafka's, + Ledger.offset_base if the topic was re-created
     ("kafka_ts", pa.int64()),  # Kafka record timestamp, epoch ms
     ("ingest_ts", pa.int64()),  # wall clock of the batch that wrote it, epoch ms
 ])
@@ -181,14 +181,27 @@ class Ledger:
     # detected_at_ms}, appended when the batch that skipped them commits (totals: retention_gap_records)
     gaps: list[dict[str, Any]] = field(default_factory=list)
     # Kafka's topic id of each topic the offsets belong to: a topic deleted and re-created (same
-    # name, offsets from 0 again) has a new id, and ingest refuses to mix the two in one lake
+    # name, offsets from 0 again) has a new id, and ingest starts a new *incarnation* of it
     topic_ids: dict[str, str] = field(default_factory=dict)
+    # Per topic and partition, what is added to the Kafka offsets of the topic's current incarnation
+    # to give the lake's offsets (ledger offsets, range file names, the `offset` column): the next
+    # offset the previous incarnation reached, so the new incarnation's files never collide with
+    # (nor lie inside) the old ones. Absent: 0, the lake's offsets are Kafka's.
+    offset_base: dict[str, dict[int, int]] = field(default_factory=dict)
+    # Earlier incarnations of re-created topics: {topic, topic_id, offsets (lake), offset_base,
+    # ended_at_ms, new_topic_id}, oldest first
+    incarnations: list[dict[str, Any]] = field(default_factory=list)
     rewinds: list[dict[str, Any]] = field(default_factory=list)  # `precise lake rewind` history
     writer_generation: int = 0  # the writer lease generation of the job that committed this ledger
     version: int = field(default=0, compare=False)  # the ledger version read (0: none yet); not stored
 
     def next_offset(self, topic: str, partition: int) -> int | None:
+        """The lake's next offset (Kafka's next offset + `base(topic, partition)`)."""
         return self.offsets.get(topic, {}).get(partition)
+
+    def base(self, topic: str, partition: int) -> int:
+        """Lake offset - Kafka offset for the topic's current incarnation (0 unless re-created)."""
+        return self.offset_base.get(topic, {}).get(partition, 0)
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -203,6 +216,8 @@ class Ledger:
             "topic_ids": self.topic_ids,
             "rewinds": self.rewinds,
             "writer_generation": self.writer_generation,
+            "offset_base": {t: {str(p): o for p, o in sorted(parts.items())} for t, parts in self.offset_base.items()},
+            "incarnations": self.incarnations,
         }, indent=1).encode()
 
     @classmethod
@@ -215,7 +230,10 @@ class Ledger:
                    batches=int(raw.get("batches", 0)), committed_at_ms=int(raw.get("committed_at_ms", 0)),
                    totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])),
                    topic_ids=dict(raw.get("topic_ids", {})), rewinds=list(raw.get("rewinds", [])),
-                   writer_generation=int(raw.get("writer_generation", 0)))
+                   writer_generation=int(raw.get("writer_generation", 0)),
+                   offset_base={t: {int(p): int(o) for p, o in parts.items()}
+                                for t, parts in raw.get("offset_base", {}).items()},
+                   incarnations=list(raw.get("incarnations", [])))
 
 
 class WriterFenced(RuntimeError):
