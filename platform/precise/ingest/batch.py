@@ -136,7 +136,7 @@ class Ingestor:
             # the fence: a ledger version of this generation, before anything is deleted or written,
             # so a previous holder that stalled past its lease can never commit (it would create
             # the version this one just created); also migrates a single-file ledger to versions
-            save_ledger(self.storage, replace(ledger, writer_generation=generation))
+            save_ledger(self.storage, replace(ledger, writer_generation=generation), stamp=False)
             self._load()
         except BaseException:
             if self._lease is not None:

@@ -271,13 +271,17 @@ def load_ledger(storage: Files) -> Ledger:
     raise RuntimeError(f"the ledger of {storage.uri} kept changing while it was read")
 
 
-def save_ledger(storage: Files, ledger: Ledger) -> None:
+def save_ledger(storage: Files, ledger: Ledger, stamp: bool = True) -> None:
     """Commit `ledger` as the version after the one it was read at (`ledger.version`), the commit
     point of a batch: create-if-absent, so a writer that lost the lake to another one raises
-    LedgerConflict instead. On success `ledger.version` is the new version."""
+    LedgerConflict instead. On success `ledger.version` is the new version.
+
+    `stamp`: set `committed_at_ms` to now (False for a commit that adds no data, e.g. the fence
+    commit of a starting writer, so the time keeps saying when data last arrived)."""
     layout = Layout(storage)
     n = ledger.version + 1
-    ledger.committed_at_ms = int(time.time() * 1000)
+    if stamp:
+        ledger.committed_at_ms = int(time.time() * 1000)
     if not storage.create(layout.ledger_version(n), ledger.to_json()):
         raise LedgerConflict(f"fenced: ledger version {n} of the lake at {storage.uri} was committed by another "
                              f"writer (this one read version {n - 1}); this job stops without writing further")
