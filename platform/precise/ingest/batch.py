@@ -8,7 +8,7 @@
             the requested end); duplicates of event ids already in the lake or earlier in the batch
             become dead letters
     write   event files by date, dead-letter files (and topic), the item table
-    commit  the ledger, atomically, after all of that
+    commit  the ledger's next version (create-if-absent: a fenced writer cannot), after all of that
 
 Exactly once: files are named by (partition, covered range), and before writing, files at or above
 the ledger's offsets (left by a batch that crashed before its commit) are deleted, so a re-run never
