@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_config(path: Path, kafka: KafkaConfig, root: Path, ingest: dict[str, Any] | None = None,
                  sequences: dict[str, Any] | None = None) -> Path:
+    """An ingest config (YAML) for `kafka` (its client_options included) and the lake at `root`."""
     config = {
         "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "events_topic": kafka.events_topic,
                   "items_topic": kafka.items_topic, "dead_letter_topic": kafka.dead_letter_topic,
-                  "partitions": kafka.partitions},
+                  "partitions": kafka.partitions, "client_options": dict(kafka.client_options)},
         "storage": {"root": str(root)},
         "ingest": {"interval_s": 0.5, "read_timeout_s": 10, "kafka_timeout_s": 5, "retry_backoff_s": 0.5,
                    "retry_backoff_max_s": 4, "build_sequences": False, **(ingest or {})},

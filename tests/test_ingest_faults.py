@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401
 import pyarrow.parquet as pq
 import pytest
 
@@ -192,25 +194,29 @@ def test_transactional_producers_are_ingested_promptly_and_aborted_records_never
     assert_clean_lake(root)
 
 
-def test_a_deleted_and_recreated_topic_is_detected_by_its_topic_id(kafka_config, ray_head, tmp_path):
-    """The events topic is deleted, re-created and refilled past the ledger's offsets: without topic
-    ids ingest would silently skip the new topic's offsets below the ledger. The ledger holds the
-    topic id; the next run refuses with a clear error and leaves the lake as it was."""
+def test_a_deleted_and_recreated_topic_starts_a_new_incarnation_in_the_same_lake(kafka_config, ray_head, tmp_path):
+    """The events topic is deleted, re-created and refilled, its offsets again from 0, below and past
+    the ledger's: without topic ids ingest would silently skip the offsets below the ledger. The
+    ledger holds the topic id; the next run logs the new incarnation, keeps the old one's offsets
+    as history, reads the new topic from its start, and the lake ends with every event of both
+    incarnations exactly once: the old files untouched, the new ones after them."""
     from confluent_kafka.admin import AdminClient
 
-    from precise.store.lake import load_ledger
+    from precise.store.lake import Layout, load_ledger
 
     kafka = kafka_config.model_copy(update={"partitions": 1})
     ensure_topics(kafka)
     root = tmp_path / "precise"
+    storage = Files(str(root))
     config = write_config(tmp_path / "ingest.yaml", kafka, root, ingest={"once_max_failures": 1})
     with EventProducer(kafka) as producer:
-        for i in range(5):
+        for i in range(10):
             producer.send_event(_event(i))
         producer.flush(30)
     job = JobProcess(config, "--once")
     assert job.finish(240) == 0, job.log[-4000:]
-    first_id = load_ledger(Files(str(root))).topic_ids[kafka.events_topic]
+    first_id = load_ledger(storage).topic_ids[kafka.events_topic]
+    old_files = {p: storage.read_bytes(p) for p in storage.list_files(Layout(storage).events)}
 
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
     admin.delete_topics([kafka.events_topic])[kafka.events_topic].result(30)
@@ -224,17 +230,28 @@ def test_a_deleted_and_recreated_topic_is_detected_by_its_topic_id(kafka_config,
         except Exception:
             assert time.monotonic() < deadline
         time.sleep(0.5)
-    with EventProducer(kafka) as producer:
-        for i in range(100, 110):
+    with EventProducer(kafka) as producer:  # offsets 0..14: below the ledger's 10 and past it
+        for i in range(100, 115):
             producer.send_event(_event(i))
         producer.flush(30)
 
-    job = JobProcess(config, "--once")
-    assert job.finish(240) != 0
-    assert "deleted and re-created" in job.log, (job.proc.returncode, job.log[-3000:], job.stdout[-2000:])
-    ledger = load_ledger(Files(str(root)))
-    assert ledger.topic_ids[kafka.events_topic] == first_id and ledger.offsets[kafka.events_topic] == {0: 5}
-    assert read_events(root).num_rows == 5
+    for run in range(2):  # the new incarnation, then a run with nothing new
+        job = JobProcess(config, "--once")
+        assert job.finish(240) == 0, job.log[-4000:]
+        if run == 0:
+            assert "deleted and re-created" in job.log, job.log[-3000:]
+    expected = sorted([f"ev-{i}" for i in range(10)] + [f"ev-{i}" for i in range(100, 115)])
+    ids = read_events(root).column("event_id").to_pylist()
+    assert sorted(ids) == expected, ids
+    ledger = load_ledger(storage)
+    assert ledger.topic_ids[kafka.events_topic] != first_id
+    assert [(h["topic_id"], h["offsets"]) for h in ledger.incarnations] == [(first_id, {"0": 10})]
+    assert ledger.offset_base[kafka.events_topic] == {0: 10} and ledger.offsets[kafka.events_topic] == {0: 25}
+    assert {p: storage.read_bytes(p) for p in old_files} == old_files  # the old incarnation's files untouched
+    new = read_events(root).filter(pa.compute.greater_equal(read_events(root).column("offset"), 10))
+    assert sorted(new.column("event_id").to_pylist()) == sorted(f"ev-{i}" for i in range(100, 115))  # 10..24
+    assert read_dead_letters(root).num_rows == 0
+    assert_clean_lake(root)
 
 
 def test_rewind_after_compaction_re_admits_events_that_stay(kafka_config, ray_head, tmp_path):

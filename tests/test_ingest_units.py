@@ -276,3 +276,16 @@ def test_event_time_allowance_is_configurable_and_uses_the_record_timestamp():
                                pa.array([NOW_MS + int(1.5 * day)], pa.int64()))
     assert kind(stamped) is None
     assert PreciseConfig.model_validate({"ingest": {"max_event_time_ahead_s": 60}}).ingest.max_event_time_ahead_s == 60
+
+
+def test_rewind_refuses_offsets_of_a_re_created_topics_earlier_incarnation(tmp_path):
+    from precise.store.rewind import RewindError, rewind
+
+    storage = Files(str(tmp_path))
+    save_ledger(storage, Ledger(offsets={"ev": {0: 25}}, events_topic="ev", items_topic="it",
+                                offset_base={"ev": {0: 10}}))
+    with pytest.raises(RewindError, match="earlier incarnation"):
+        rewind(storage, "ev", {0: 5})
+    assert rewind(storage, "ev", {0: 12})["to"] == {"0": 12}
+    ledger = load_ledger(storage)
+    assert ledger.offsets == {"ev": {0: 12}} and ledger.base("ev", 0) == 10 and ledger.version == 2

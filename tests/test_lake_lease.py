@@ -14,10 +14,10 @@ from precise.store.lease import LeaseHeld, WriterLease
 
 def test_a_second_writer_refuses_a_live_lease_and_takes_over_an_expired_one(tmp_path):
     storage = Files(str(tmp_path))
-    first = WriterLease(storage, ttl_s=1.5, settle_s=0.05)
+    first = WriterLease(storage, ttl_s=1.5)
     assert first.acquire() == 1
     try:
-        second = WriterLease(storage, ttl_s=1.5, settle_s=0.05)
+        second = WriterLease(storage, ttl_s=1.5)
         time.sleep(2.0)  # past one ttl: the first job's thread renewed it meanwhile
         with pytest.raises(LeaseHeld, match="another ingest job"):
             second.acquire()  # a node of its own: the same-host shortcut does not apply
@@ -36,13 +36,13 @@ def test_a_second_writer_refuses_a_live_lease_and_takes_over_an_expired_one(tmp_
 
 def test_released_and_same_host_leases_are_taken_at_once_with_a_higher_generation(tmp_path):
     storage = Files(str(tmp_path))
-    first = WriterLease(storage, ttl_s=60, settle_s=0.05)
+    first = WriterLease(storage, ttl_s=60)
     first.acquire()
     first._stop.set()  # killed: no release, the lease looks alive for 60 s
     # a restart on this host holds the flock, so the lease is a dead process's
-    restarted = WriterLease(storage, ttl_s=60, settle_s=0.05)
+    restarted = WriterLease(storage, ttl_s=60)
     assert restarted.acquire(same_host_is_stale=True) == 2
     restarted.release()
-    after = WriterLease(storage, ttl_s=60, settle_s=0.05)
+    after = WriterLease(storage, ttl_s=60)
     assert after.acquire(floor=7) == 8  # above the generation that committed the ledger
     after.release()

@@ -19,7 +19,7 @@ from precise.config import ConfigError, load_config
 REDACTED = "<redacted>"
 # Keys whose values are credentials (kafka client_options such as sasl_plain_password, ssl_password,
 # sasl_oauth_token; anything named *secret*). token_file / token_env / max_tokens name no secret.
-_SECRET_KEY = re.compile(r"(password|passwd|secret|credential|api_key|(^|_)token$)", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(password|passwd|secret|credential|api_key|(^|_)token$|^sasl_users$)", re.IGNORECASE)
 
 
 def redact(value: Any) -> Any:

@@ -49,6 +49,16 @@ class LocalKafkaConfig(Section):
     port: int = 9092  # broker listener on 127.0.0.1
     controller_port: int = 9093  # KRaft controller listener
     heap: str = "512m"  # broker JVM heap (-Xmx / -Xms)
+    # Also a SASL_PLAINTEXT listener (mechanism PLAIN) on this port, with these users (name: password),
+    # to try kafka.client_options security settings against a broker that authenticates. None: off.
+    sasl_port: int | None = Field(None, ge=1, le=65535)
+    sasl_users: dict[str, str] = Field(default_factory=dict)  # the SASL listener's PLAIN users: name -> password
+
+    @model_validator(mode="after")
+    def _sasl_needs_users(self) -> LocalKafkaConfig:
+        if self.sasl_port is not None and not self.sasl_users:
+            raise ValueError("stack.kafka.sasl_port needs at least one user in stack.kafka.sasl_users")
+        return self
 
 
 class LocalRayConfig(Section):

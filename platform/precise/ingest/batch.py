@@ -8,7 +8,7 @@
             the requested end); duplicates of event ids already in the lake or earlier in the batch
             become dead letters
     write   event files by date, dead-letter files (and topic), the item table
-    commit  the ledger, atomically, after all of that
+    commit  the ledger's next version (create-if-absent: a fenced writer cannot), after all of that
 
 Exactly once: files are named by (partition, covered range), and before writing, files at or above
 the ledger's offsets (left by a batch that crashed before its commit) are deleted, so a re-run never
@@ -24,6 +24,7 @@ the index per date window instead (retries arrive close to the original).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -123,14 +124,19 @@ class Ingestor:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def __enter__(self) -> Ingestor:
-        self._lock = self.storage.lock(self.layout.lock)
+        self._lock = self.storage.lock(self.layout.lock) if self.faults.flock else contextlib.nullcontext()
         self._lock.__enter__()
         try:
             # flock holds on one machine only; the lease also on object stores and shared volumes,
             # and it is taken before _load, whose clean-up deletes files above the ledger
-            self._lease = WriterLease(self.storage, self.settings.writer_lease_s)
-            self._lease.acquire(same_host_is_stale=self.storage.local,
-                                floor=load_ledger(self.storage).writer_generation)
+            self._lease = WriterLease(self.storage, self.settings.writer_lease_s, self.faults.lease_race_s)
+            ledger = load_ledger(self.storage)
+            generation = self._lease.acquire(same_host_is_stale=self.storage.local and self.faults.flock,
+                                             floor=ledger.writer_generation)
+            # the fence: a ledger version of this generation, before anything is deleted or written,
+            # so a previous holder that stalled past its lease can never commit (it would create
+            # the version this one just created); also migrates a single-file ledger to versions
+            save_ledger(self.storage, replace(ledger, writer_generation=generation), stamp=False)
             self._load()
         except BaseException:
             if self._lease is not None:
@@ -227,19 +233,31 @@ class Ingestor:
         return {t: {p: high for p, (_, high) in parts.items()} for t, parts in marks.items()}
 
     def _check_topic_ids(self, topics: list[str]) -> None:
-        """Refuse a topic that was deleted and re-created since the ledger last committed it.
+        """Start a new incarnation of a topic that was deleted and re-created since the ledger last
+        committed it (its Kafka topic id changed).
 
-        Its offsets start again at 0, so the ledger's offsets and the lake's range file names mean
-        nothing for it: the new topic goes to a new storage.root (docs/operations.md). New ids
-        are recorded by the next commit.
+        Its offsets start again at 0. The ledger keeps the old incarnation's offsets as history and
+        its next offsets become the new incarnation's `offset_base`: the new records get lake
+        offsets (file names, ledger, `offset` column) after the old ones, so the old incarnation's
+        committed files stay readable, and are neither overwritten nor superseded by the new ones.
+        The new incarnation is read from its earliest offset. Recorded by the next commit.
         """
         current = topic_ids(self.kafka, self.settings, topics)
         for topic, new in current.items():
             old = self.ledger.topic_ids.get(topic)
-            if old is not None and old != new:
-                raise LakeError(f"topic {topic!r} was deleted and re-created (topic id {old} in the ledger of "
-                                f"{self.storage.uri}, {new} in Kafka); its offsets restarted, so this lake "
-                                f"cannot continue it: ingest this topic into a new storage.root")
+            if old is None or old == new:
+                continue
+            offsets = dict(self.ledger.offsets.get(topic, {}))
+            log.warning("topic %r was deleted and re-created (topic id %s in the ledger of %s, %s in Kafka): "
+                        "the old incarnation's events stay in the lake (next offsets %s); the new one is read "
+                        "from its earliest offset, its lake offsets continue after the old ones", topic, old,
+                        self.storage.uri, new, offsets)
+            history = {"topic": topic, "topic_id": old, "offsets": {str(p): o for p, o in sorted(offsets.items())},
+                       "offset_base": {str(p): o for p, o in sorted(self.ledger.offset_base.get(topic, {}).items())},
+                       "ended_at_ms": int(time.time() * 1000), "new_topic_id": new}
+            self.ledger = replace(self.ledger, incarnations=[*self.ledger.incarnations, history],
+                                  offset_base={**self.ledger.offset_base, topic: offsets},
+                                  topic_ids={**self.ledger.topic_ids, topic: new})
         self._topic_ids = {**self.ledger.topic_ids, **current}
 
     def _plan(self, marks: dict[str, dict[int, tuple[int, int]]], until: dict[str, dict[int, int]] | None
@@ -249,7 +267,8 @@ class Ingestor:
         for topic, parts in marks.items():
             capped = topic == self.kafka.events_topic  # the compacted item topic is read to its end
             for partition, (low, high) in parts.items():
-                start = self.ledger.next_offset(topic, partition)
+                start = self.ledger.next_offset(topic, partition)  # in the lake's offsets: to Kafka's
+                start = None if start is None else start - self.ledger.base(topic, partition)
                 if start is not None and start > high:
                     raise LakeError(f"{topic}[{partition}] ends at offset {high}, below the ledger's {start}: "
                                     f"was the topic deleted and re-created? The lake at {self.storage.uri} "
@@ -283,12 +302,27 @@ class Ingestor:
         started = time.monotonic()
         validated, delivered = self._read(todo)
         covered, validated = settle(validated, todo, delivered)
+        covered, validated = self._to_lake_offsets(covered, validated)
         read_s = time.monotonic() - started
         if not covered:  # nothing came back (e.g. every read timed out): try again later
             return BatchResult(planned=planned, caught_up=False, lag=self._lag(highs), read_s=read_s)
         result = self._write_and_commit(validated, covered, highs)
         result.planned, result.read_s, result.write_s = planned, read_s, time.monotonic() - started - read_s
         return result
+
+    def _to_lake_offsets(self, covered: dict[tuple[str, int], tuple[int, int]], validated: pa.Table
+                         ) -> tuple[dict[tuple[str, int], tuple[int, int]], pa.Table]:
+        """Kafka offsets -> the lake's (+ the offset base of a re-created topic's incarnation)."""
+        bases = {key: self.ledger.base(*key) for key in covered}
+        if not any(bases.values()):
+            return covered, validated
+        covered = {key: (start + bases[key], stop + bases[key]) for key, (start, stop) in covered.items()}
+        shift = np.zeros(validated.num_rows, dtype=np.int64)
+        topics, parts = validated.column("topic").to_pylist(), validated.column("partition").to_pylist()
+        for i, key in enumerate(zip(topics, parts, strict=True)):
+            shift[i] = bases.get(key, 0)
+        offsets = pc.add(validated.column("offset"), pa.array(shift))
+        return covered, validated.set_column(validated.schema.get_field_index("offset"), "offset", offsets)
 
     def _read(self, todo: list[PartitionRange]) -> tuple[pa.Table, dict[tuple[str, int], int]]:
         """Read and validate each planned range in a Ray task; (validated rows, delivered end per range).
@@ -374,6 +408,8 @@ class Ingestor:
         rejected = pa.concat_tables([rejected, item_records.filter(pc.is_valid(item_records.column("reason")))])
         item_records = item_records.filter(pc.is_null(item_records.column("reason")))
 
+        if self._lease is not None:  # a fenced writer writes nothing
+            self._lease.check()
         self.faults.hit("before_write")
         files = 0
         for path, table in self._event_files(events, covered, now):
@@ -409,8 +445,8 @@ class Ingestor:
         totals = Counter(self.ledger.totals)
         totals.update({"events": events.num_rows, "dead_letters": dead_letters.num_rows,
                        "item_records": item_records.num_rows})
-        gaps = [{"topic": t, "partition": p, "start": lo, "end": hi, "detected_at_ms": now}
-                for (t, p), (lo, hi) in sorted(self._gaps.items()) if (t, p) in covered]
+        gaps = [{"topic": t, "partition": p, "start": lo + self.ledger.base(t, p), "end": hi + self.ledger.base(t, p),
+                 "detected_at_ms": now} for (t, p), (lo, hi) in sorted(self._gaps.items()) if (t, p) in covered]
         gap_counts: Counter[str] = Counter()
         for gap in gaps:
             gap_counts[gap["topic"]] += gap["end"] - gap["start"]
@@ -472,7 +508,8 @@ class Ingestor:
         return files
 
     def _lag(self, highs: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-        return {(t, p): max(0, high - (self.ledger.next_offset(t, p) or 0)) for (t, p), high in highs.items()}
+        return {(t, p): max(0, high - ((self.ledger.next_offset(t, p) or 0) - self.ledger.base(t, p)))
+                for (t, p), high in highs.items()}
 
 
 def settle(validated: pa.Table, todo: list[PartitionRange], delivered: dict[tuple[str, int], int] | None = None

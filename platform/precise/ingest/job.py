@@ -18,7 +18,9 @@ from typing import Any
 from precise.config import PreciseConfig
 from precise.ingest.batch import BatchResult, Ingestor
 from precise.ingest.faults import Faults
+from precise.ingest.kafka import KafkaAccessDenied, check_access
 from precise.metrics import best_effort
+from precise.store.lake import WriterFenced
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class IngestJob:
                     result = ingestor.run_batch(until=target)
                     if result.planned and not result.advanced:
                         raise RuntimeError("the planned range returned nothing (read timed out?)")
+                except (WriterFenced, KafkaAccessDenied):
+                    raise  # another job owns the lake now, or Kafka refuses our credentials: never retried
                 except Exception as exc:
                     failures += 1
                     self.totals["failures"] += 1
@@ -108,6 +112,8 @@ class IngestJob:
                 try:
                     self._ensure_topics()
                     result = ingestor.run_batch()
+                except (WriterFenced, KafkaAccessDenied):
+                    raise  # another job owns the lake now, or Kafka refuses our credentials: never retried
                 except Exception as exc:
                     failures += 1
                     self.totals["failures"] += 1
@@ -141,6 +147,7 @@ class IngestJob:
             return
         from precise.events.topics import ensure_topics
 
+        check_access(self.config.kafka, self.settings)  # a wrong password fails here, clearly, once
         try:
             ensure_topics(self.config.kafka, timeout_s=self.settings.kafka_timeout_s)
             self._topics_ready = True

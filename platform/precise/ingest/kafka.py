@@ -155,3 +155,40 @@ def topic_ids(kafka: KafkaConfig, ingest: IngestConfig, topics: list[str]) -> di
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, **librdkafka_options(kafka, ingest)})
     futures = admin.describe_topics(TopicCollection(topics), request_timeout=ingest.kafka_timeout_s)
     return {topic: str(future.result(ingest.kafka_timeout_s * 2).topic_id) for topic, future in futures.items()}
+
+
+class KafkaAccessDenied(RuntimeError):
+    """The broker refused the configured credentials: retrying cannot help, the config must change."""
+
+
+def check_access(kafka: KafkaConfig, ingest: IngestConfig) -> None:
+    """Connect once with the configured security settings; raise KafkaAccessDenied at once when the
+    broker refuses them (a wrong SASL password or mechanism, a TLS handshake failure), instead of the
+    "transport failure" / "unable to bootstrap" timeouts every client otherwise reports for it.
+    A broker that is merely down is not this function's business (the callers retry)."""
+    from confluent_kafka import Consumer, KafkaError
+
+    denied: list[str] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL):
+            denied.append(err.str())
+
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "precise-ingest-access",
+                         "enable.auto.commit": False, **librdkafka_options(kafka, ingest), "error_cb": on_error})
+    try:
+        deadline = time.monotonic() + ingest.kafka_timeout_s
+        while not denied and time.monotonic() < deadline:
+            try:
+                consumer.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                return
+            except Exception:  # down, or refused: the error callback says which
+                consumer.poll(0.1)
+    finally:
+        consumer.close()
+    if denied:
+        options = kafka.client_options
+        raise KafkaAccessDenied(
+            f"Kafka at {kafka.bootstrap_servers} refused the credentials of kafka.client_options (security_protocol "
+            f"{options.get('security_protocol', 'PLAINTEXT')}, sasl_mechanism {options.get('sasl_mechanism')}, "
+            f"user {options.get('sasl_plain_username')!r}): {denied[0]}; check the user and password (or TLS files)")

@@ -22,7 +22,8 @@ class LocalStack:
         self.state_dir = config.resolved_state_dir()
         self.kafka_config = kafka or KafkaConfig(bootstrap_servers=f"127.0.0.1:{config.kafka.port}")
         self.kafka = KafkaBroker(self.state_dir / "kafka", port=config.kafka.port,
-                                 controller_port=config.kafka.controller_port, heap=config.kafka.heap)
+                                 controller_port=config.kafka.controller_port, heap=config.kafka.heap,
+                                 sasl_port=config.kafka.sasl_port, sasl_users=dict(config.kafka.sasl_users))
         r = config.ray
         self.ray = RayHead(self.state_dir / "ray", gcs_port=r.gcs_port, dashboard_port=r.dashboard_port,
                            client_port=r.client_port, agent_port=r.agent_port, metrics_port=r.metrics_port,

@@ -3,16 +3,21 @@
 The jars are fetched once into a cache with `mvn dependency:copy-dependencies` (the machine has
 Java and Maven but no Kafka distribution). The broker keeps its data and logs in a state folder
 of its own, so the local stack and each test suite can run brokers side by side on other ports.
+
+Optionally (`sasl_port` and `sasl_users`) it also opens a SASL_PLAINTEXT listener with PLAIN users,
+a real authenticating broker to try the platform's Kafka security settings (`kafka.client_options`)
+against; the PLAINTEXT listener stays for the broker itself.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from precise.paths import cache_dir
@@ -100,10 +105,27 @@ class KafkaBroker:
     host: str = "127.0.0.1"
     heap: str = "512m"
     version: str = KAFKA_VERSION
+    sasl_port: int | None = None  # a SASL_PLAINTEXT listener (mechanism PLAIN) on this port
+    sasl_users: dict[str, str] = field(default_factory=dict)  # its users: name -> password
+
+    def __post_init__(self) -> None:
+        if self.sasl_port is not None and not self.sasl_users:
+            raise StackError("a SASL listener needs at least one user (sasl_users)")
+        for name, password in self.sasl_users.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not re.fullmatch(r"[^\"\\\s;]+", password):
+                raise StackError(f"SASL user {name!r}: names are letters, digits, _ . -; passwords have no quotes, "
+                                 f"backslashes, spaces or semicolons")
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT listener's address (a broker started with `sasl_port`)."""
+        if self.sasl_port is None:
+            raise StackError("this broker has no SASL listener (sasl_port)")
+        return f"{self.host}:{self.sasl_port}"
 
     @property
     def pid_path(self) -> Path:
@@ -118,15 +140,26 @@ class KafkaBroker:
 
     def _write_config(self) -> Path:
         data = self.state_dir / "data"
+        listeners = f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        sasl = {}
+        if self.sasl_port is not None:
+            listeners += f",SASL_PLAINTEXT://{self.host}:{self.sasl_port}"
+            protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            users = " ".join(f'user_{name}="{password}"' for name, password in sorted(self.sasl_users.items()))
+            sasl = {"sasl.enabled.mechanisms": "PLAIN",
+                    "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "PLAIN",
+                    "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+                        f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"}
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "listeners": listeners,
+            "advertised.listeners": listeners,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": protocols,
             "log.dirs": str(data),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
@@ -138,6 +171,7 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "message.max.bytes": str(2 * 1024 * 1024),
+            **sasl,
         }
         config = self.state_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -151,7 +185,10 @@ class KafkaBroker:
         java = shutil.which("java")
         if java is None:
             raise StackError("java is not on PATH; Kafka 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)")
-        require_free_ports(self.host, {"Kafka broker": self.port, "Kafka controller": self.controller_port},
+        ports = {"Kafka broker": self.port, "Kafka controller": self.controller_port}
+        if self.sasl_port is not None:
+            ports["Kafka SASL listener"] = self.sasl_port
+        require_free_ports(self.host, ports,
                            "stop it or choose other Kafka ports (kafka.port / kafka.controller_port in the "
                            "stack config)")
         jars = kafka_jars(self.version)

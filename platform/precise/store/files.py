@@ -11,7 +11,12 @@ The one place that writes, locks and syncs what lives under `storage.root` (and 
 * **sync** (`sync`): the data files of a batch are flushed together by one syncfs before the
   ledger that vouches for them is written (an fsync per file cost ~8 ms each, and a historical
   replay writes one file per partition and day).
-* **lock** (`lock`): an exclusive advisory lock held by one process.
+* **lock** (`lock`): an exclusive advisory lock held by one process (one machine only).
+* **create if absent** (`create`): write a file only if no file has that name, atomically: of two
+  writers creating one name, exactly one succeeds, on every store the lake supports (a local or
+  shared POSIX volume, including NFS; fsspec stores that do exclusive writes: memory://, s3:// with
+  s3fs, gs:// with gcsfs). The lake's writer fence is built on it (precise.store.lease,
+  `lake.save_ledger`). Any other store is refused with `NoExclusiveCreate`.
 * **publish a folder** (`publish_dir`) and **move a pointer forward** (`advance_pointer`, under
   `pointer_lock`): how the model registry and the embedding snapshots publish a version (local and
   mounted filesystems).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +38,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 TMP_PREFIX = ".tmp-"
+# fsspec protocols whose exclusive write ("xb", pipe_file mode="create") is atomic: a conditional
+# PUT (If-None-Match: * on S3, ifGenerationMatch=0 on GCS) or an in-process dict. fsspec's base
+# class accepts "xb" everywhere but only these backends enforce it, so others are refused.
+EXCLUSIVE_PROTOCOLS = frozenset({"memory", "s3", "s3a", "gs", "gcs"})
+# errno of filesystems without hard links (some FUSE and SMB mounts): create falls back to O_EXCL
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
+
+
+class NoExclusiveCreate(ValueError):
+    """The store cannot create a file only if it is absent, which the lake's writer fence needs."""
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
@@ -61,6 +77,7 @@ class Files:
         self.uri = root
         self.fs, self.root = _filesystem(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self._exclusive: tuple[object, str] | None = None  # (fsspec filesystem, its root path)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -127,6 +144,57 @@ class Files:
             raise
         if durable:
             _fsync_dir(folder)
+
+    def create(self, path: str, data: bytes) -> bool:
+        """Create `path` holding `data` only if no file has that name: True when this call created
+        it, False when it existed already (another writer got there first). Whole or nothing:
+        readers never see part of `data`.
+
+        Local and shared POSIX volumes: the data goes to a hidden temporary file, then `link()`
+        gives it its name, atomically and failing if the name exists (also on NFS, where it is the
+        classic lock-file primitive); where a mount has no hard links, `O_CREAT | O_EXCL`. fsspec
+        stores: an exclusive write (EXCLUSIVE_PROTOCOLS); any other store raises NoExclusiveCreate.
+        """
+        if self.local:
+            return _create_local(path, data)
+        fs, root = self._exclusive_fs()
+        target = "/".join([root.rstrip("/"), self.relative(path)]) if root.strip("/") else self.relative(path)
+        folder = target.rsplit("/", 1)[0]
+        with contextlib.suppress(FileExistsError, NotImplementedError):
+            fs.makedirs(folder, exist_ok=True)
+        try:
+            fs.pipe_file(target, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # S3/GCS answer a failed precondition with 412
+            if "412" in str(exc) or "PreconditionFailed" in str(exc) or "Precondition" in type(exc).__name__:
+                return False
+            raise
+        return True
+
+    def _exclusive_fs(self) -> tuple[object, str]:
+        """The fsspec filesystem of this root that does exclusive writes, or NoExclusiveCreate."""
+        if self._exclusive is not None:
+            return self._exclusive
+        refuse = (f"storage root {self.uri!r}: this store cannot create a file only if it is absent, which "
+                  f"the lake's writer fence needs (a conditional write); use a local or shared POSIX "
+                  f"volume (NFS, EFS, a KubeRay volume), or an object store through fsspec with exclusive "
+                  f"writes ({', '.join(sorted(EXCLUSIVE_PROTOCOLS))}: s3fs / gcsfs)")
+        handler = getattr(self.fs, "handler", None)
+        fs_ = getattr(handler, "fs", None)
+        root = self.root
+        if fs_ is None:  # a pyarrow-native filesystem (s3://, gs://): its fsspec twin
+            try:
+                import fsspec
+
+                fs_, root = fsspec.core.url_to_fs(self.uri)
+            except (ImportError, ValueError) as exc:
+                raise NoExclusiveCreate(f"{refuse} ({exc})") from None
+        protocols = fs_.protocol if isinstance(fs_.protocol, (tuple, list)) else (fs_.protocol,)
+        if not EXCLUSIVE_PROTOCOLS.intersection(protocols):
+            raise NoExclusiveCreate(refuse)
+        self._exclusive = (fs_, root)
+        return self._exclusive
 
     def sync(self) -> None:
         """Flush everything written so far to disk (one syncfs instead of an fsync per file)."""
@@ -220,6 +288,38 @@ def write_local(path: Path, data: bytes, durable: bool = True) -> None:
     """The atomic write for a single local file outside any root (a cache entry, a state file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Files(path.parent).write_bytes(str(path.resolve()), data, durable)
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    """`Files.create` on a POSIX volume."""
+    folder, name = path.rsplit("/", 1)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(folder)
+    return True
 
 
 def _fsync_dir(folder: str) -> None:

@@ -2,7 +2,8 @@
 
 Layout under the storage root (local path or URI):
 
-    lake/_ledger.json                               next offset per topic-partition (the commit point)
+    lake/_ledger/{N}.json                           ledger version N: next offset per topic-partition
+    lake/_ledger/_latest                            hint: the newest N (readers probe past it)
     lake/events/date=YYYY-MM-DD/p{P}-{S}-{E}.parquet   valid events, by event date (UTC)
     lake/dead_letter/topic=<topic>/p{P}-{S}-{E}.parquet rejected records, raw bytes and reason
     lake/items/items.parquet                        latest text and first-seen time per item
@@ -13,6 +14,14 @@ batch re-run after a crash writes the same names and overwrites. The ledger is w
 data it covers. A file is *committed* when its range lies below the ledger's next offset for its
 partition; a file at or above it was left by a batch that crashed before committing, is ignored by
 every reader here, and is deleted by the next ingest run before it writes the range again.
+
+The ledger is a sequence of versions (as Delta Lake's log): a commit *creates* version N+1 of the
+version N it read, create-if-absent (`Files.create`), so of two writers that read N exactly one
+commits; the other gets `LedgerConflict` and stops without writing further. That holds on object
+stores and volumes shared between nodes, where no lock does. Readers take the newest version: the
+`_latest` hint, then a probe past it (two small reads). The last LEDGER_KEEP versions are kept. A
+lake from before versions (`lake/_ledger.json`) is read as version 0 and migrated by its first
+commit (ingest commits a version when it starts).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +43,8 @@ LEDGER_VERSION = 1
 # row r of import k is offset r of partition IMPORT_PARTITION_BASE + k, so its files, dead letters
 # and commits are those of a Kafka partition (no real topic has a million partitions)
 IMPORT_PARTITION_BASE = 1_000_000
+LEDGER_KEEP = 100  # ledger versions kept (older ones are deleted by later commits)
+_LEDGER_NAME = re.compile(r"^(\d{12})\.json$")
 _FILE_NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
 
 EVENT_SCHEMA = pa.schema([
@@ -46,7 +57,7 @@ EVENT_SCHEMA = pa.schema([
     ("value", pa.float64()),  # e.g. the rating; null when absent
     ("extra", pa.string()),  # unknown fields of the event as a JSON object; null when none
     ("partition", pa.int32()),  # where it came from in Kafka
-    ("offset", pa.int64()),
+    ("offset", pa.int64()),  # the lake's offset: Kafka's, + Ledger.offset_base if the topic was re-created
     ("kafka_ts", pa.int64()),  # Kafka record timestamp, epoch ms
     ("ingest_ts", pa.int64()),  # wall clock of the batch that wrote it, epoch ms
 ])
@@ -89,7 +100,19 @@ class Layout:
 
     @property
     def ledger(self) -> str:
+        """The single-file ledger of lakes written before ledger versions (read, never written)."""
         return self.storage.path("lake", "_ledger.json")
+
+    @property
+    def ledger_dir(self) -> str:
+        return self.storage.path("lake", "_ledger")
+
+    def ledger_version(self, n: int) -> str:
+        return f"{self.ledger_dir}/{n:012d}.json"
+
+    @property
+    def ledger_hint(self) -> str:
+        return f"{self.ledger_dir}/_latest"
 
     @property
     def lock(self) -> str:
@@ -162,15 +185,29 @@ class Ledger:
     # detected_at_ms}, appended when the batch that skipped them commits (totals: retention_gap_records)
     gaps: list[dict[str, Any]] = field(default_factory=list)
     # Kafka's topic id of each topic the offsets belong to: a topic deleted and re-created (same
-    # name, offsets from 0 again) has a new id, and ingest refuses to mix the two in one lake
+    # name, offsets from 0 again) has a new id, and ingest starts a new *incarnation* of it
     topic_ids: dict[str, str] = field(default_factory=dict)
+    # Per topic and partition, what is added to the Kafka offsets of the topic's current incarnation
+    # to give the lake's offsets (ledger offsets, range file names, the `offset` column): the next
+    # offset the previous incarnation reached, so the new incarnation's files never collide with
+    # (nor lie inside) the old ones. Absent: 0, the lake's offsets are Kafka's.
+    offset_base: dict[str, dict[int, int]] = field(default_factory=dict)
+    # Earlier incarnations of re-created topics: {topic, topic_id, offsets (lake), offset_base,
+    # ended_at_ms, new_topic_id}, oldest first
+    incarnations: list[dict[str, Any]] = field(default_factory=list)
     rewinds: list[dict[str, Any]] = field(default_factory=list)  # `precise lake rewind` history
     writer_generation: int = 0  # the writer lease generation of the job that committed this ledger
     # histories imported into the lake (precise.ingest.history): name, sha256, partition, status
     imports: list[dict[str, Any]] = field(default_factory=list)
+    version: int = field(default=0, compare=False)  # the ledger version read (0: none yet); not stored
 
     def next_offset(self, topic: str, partition: int) -> int | None:
+        """The lake's next offset (Kafka's next offset + `base(topic, partition)`)."""
         return self.offsets.get(topic, {}).get(partition)
+
+    def base(self, topic: str, partition: int) -> int:
+        """Lake offset - Kafka offset for the topic's current incarnation (0 unless re-created)."""
+        return self.offset_base.get(topic, {}).get(partition, 0)
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -186,6 +223,8 @@ class Ledger:
             "rewinds": self.rewinds,
             "writer_generation": self.writer_generation,
             "imports": self.imports,
+            "offset_base": {t: {str(p): o for p, o in sorted(parts.items())} for t, parts in self.offset_base.items()},
+            "incarnations": self.incarnations,
         }, indent=1).encode()
 
     @classmethod
@@ -199,7 +238,10 @@ class Ledger:
                    totals=dict(raw.get("totals", {})), gaps=list(raw.get("gaps", [])),
                    topic_ids=dict(raw.get("topic_ids", {})), rewinds=list(raw.get("rewinds", [])),
                    writer_generation=int(raw.get("writer_generation", 0)),
-                   imports=list(raw.get("imports", [])))
+                   imports=list(raw.get("imports", [])),
+                   offset_base={t: {int(p): int(o) for p, o in parts.items()}
+                                for t, parts in raw.get("offset_base", {}).items()},
+                   incarnations=list(raw.get("incarnations", [])))
 
 
 def is_import_partition(partition: int) -> bool:
@@ -207,15 +249,59 @@ def is_import_partition(partition: int) -> bool:
     return partition >= IMPORT_PARTITION_BASE
 
 
+class WriterFenced(RuntimeError):
+    """Another writer took the lake over: this one stops without writing further."""
+
+
+class LedgerConflict(WriterFenced):
+    """The ledger version this writer meant to commit was committed by another writer."""
+
+
+def _latest_version(storage: Files) -> int:
+    """The newest ledger version (0: none): the hint, probed forward; a listing without a hint."""
+    layout = Layout(storage)
+    hint = storage.read_bytes(layout.ledger_hint)
+    n = int(hint) if hint and hint.strip().isdigit() else 0
+    if n == 0 or not storage.exists(layout.ledger_version(n)):  # no hint, or pruned past it
+        names = [_LEDGER_NAME.match(p.rsplit("/", 1)[-1]) for p in storage.list_files(layout.ledger_dir, False)]
+        n = max((int(m[1]) for m in names if m), default=0)
+    while storage.exists(layout.ledger_version(n + 1)):
+        n += 1
+    return n
+
+
 def load_ledger(storage: Files) -> Ledger:
-    data = storage.read_bytes(Layout(storage).ledger)
-    return Ledger() if data is None else Ledger.from_json(data)
+    """The newest committed ledger (an empty one for a new lake)."""
+    layout = Layout(storage)
+    for _ in range(5):  # a version pruned between finding and reading it: look again
+        n = _latest_version(storage)
+        if n == 0:
+            data = storage.read_bytes(layout.ledger)
+            return Ledger() if data is None else Ledger.from_json(data)
+        data = storage.read_bytes(layout.ledger_version(n))
+        if data is not None:
+            return replace(Ledger.from_json(data), version=n)
+    raise RuntimeError(f"the ledger of {storage.uri} kept changing while it was read")
 
 
-def save_ledger(storage: Files, ledger: Ledger) -> None:
-    """Atomically replace the ledger: the commit point of a batch."""
-    ledger.committed_at_ms = int(time.time() * 1000)
-    storage.write_bytes(Layout(storage).ledger, ledger.to_json())
+def save_ledger(storage: Files, ledger: Ledger, stamp: bool = True) -> None:
+    """Commit `ledger` as the version after the one it was read at (`ledger.version`), the commit
+    point of a batch: create-if-absent, so a writer that lost the lake to another one raises
+    LedgerConflict instead. On success `ledger.version` is the new version.
+
+    `stamp`: set `committed_at_ms` to now (False for a commit that adds no data, e.g. the fence
+    commit of a starting writer, so the time keeps saying when data last arrived)."""
+    layout = Layout(storage)
+    n = ledger.version + 1
+    if stamp:
+        ledger.committed_at_ms = int(time.time() * 1000)
+    if not storage.create(layout.ledger_version(n), ledger.to_json()):
+        raise LedgerConflict(f"fenced: ledger version {n} of the lake at {storage.uri} was committed by another "
+                             f"writer (this one read version {n - 1}); this job stops without writing further")
+    ledger.version = n
+    storage.write_bytes(layout.ledger_hint, str(n).encode())  # a hint: readers probe past a stale one
+    if n > LEDGER_KEEP:
+        storage.delete(layout.ledger_version(n - LEDGER_KEEP))
 
 
 def split_committed(paths: list[str], offsets: dict[int, int]) -> tuple[list[str], list[str]]:

@@ -77,6 +77,10 @@ def rewind(storage: Files, topic: str, offsets: dict[int, int]) -> dict[str, obj
                               f"Kafka partition: nothing could re-read it")
         if partition not in current:
             raise RewindError(f"{topic}[{partition}] is not in the ledger (partitions: {sorted(current)})")
+        base = ledger.base(topic, partition)
+        if 0 < base and offset < base:
+            raise RewindError(f"{topic}[{partition}]: offsets below {base} belong to an earlier incarnation of the "
+                              f"topic (deleted and re-created), which Kafka no longer has; rewind to {base} or above")
         if offset < 0 or offset > current[partition]:
             raise RewindError(f"{topic}[{partition}]: offset {offset} is not between 0 and the ledger's "
                               f"{current[partition]} (a rewind only moves back)")
