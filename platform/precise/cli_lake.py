@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from precise.cli_errors import failing_with
 from precise.config import PreciseConfig, load_config
 from precise.store.files import Files
-from precise.store.lake import Layout, Ledger, load_ledger, read_dead_letters, split_committed, superseded
+from precise.store.lake import Layout, Ledger, has_ledger, load_ledger, read_dead_letters, split_committed, superseded
 from precise.store.lease import WriterLease
 
 EXPORT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
@@ -43,8 +43,8 @@ def iso(ms: int | None) -> str | None:
 
 def _storage(config: PreciseConfig) -> tuple[Files, Ledger]:
     storage = Files(config.storage.resolved_root())
-    if not storage.exists(Layout(storage).ledger):
-        raise LakeMissing(f"no lake at {storage.uri} (no lake/_ledger.json: nothing was ingested there yet; "
+    if not has_ledger(storage):
+        raise LakeMissing(f"no lake at {storage.uri} (no ledger under lake/: nothing was ingested there yet; "
                           f"check storage.root)")
     return storage, load_ledger(storage)
 
@@ -103,7 +103,7 @@ def lake_status(config: PreciseConfig, kafka: bool = True) -> dict[str, Any]:
         dead_files[topic] = _files(storage, f"{layout.dead_letter}/topic={topic}", ledger.offsets.get(topic, {}))
         dead_files[topic].pop("paths")
     dead = read_dead_letters(storage)
-    lease = WriterLease(storage, config.ingest.writer_lease_s).read()
+    lease = WriterLease(storage, config.ingest.writer_lease_s).newest()[1]
     if lease is not None:
         beat = int(lease.get("heartbeat_ms") or 0)
         age = round(time.time() - beat / 1000, 1) if beat else None

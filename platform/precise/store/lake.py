@@ -270,6 +270,11 @@ def _latest_version(storage: Files) -> int:
     return n
 
 
+def has_ledger(storage: Files) -> bool:
+    """Whether anything was ever committed to this lake (a ledger version, or a pre-version ledger)."""
+    return _latest_version(storage) > 0 or storage.exists(Layout(storage).ledger)
+
+
 def load_ledger(storage: Files) -> Ledger:
     """The newest committed ledger (an empty one for a new lake)."""
     layout = Layout(storage)
