@@ -277,7 +277,7 @@ class RecallCore:
         vector, how, _, live_events = await self._query_vector(snapshot, q, recent)
         exclude = set(recent if user_id is not None else q["item_ids"]) if q["exclude_seen"] else set()
         scores, ids = await self._search_batch((snapshot, vector[None, :],
-                                                fetch_size(k, len(exclude), snapshot.index.ntotal)))
+                                                fetch_size(k, len(exclude), snapshot.num_items)))
         hits = rank_u2i(snapshot.item_ids, scores[0], ids[0], k, exclude)
         return {**snapshot.versions(), "items": hits, "k": k, "query": how,
                 "user_vector_mode": self.cfg.user_vector_mode, "live_events": live_events}
@@ -306,7 +306,7 @@ class RecallCore:
             seeds, queries = [s for s, ok in zip(seeds, finite, strict=True) if ok], queries[finite]
             if not seeds:
                 raise VectorError(f"the stored vectors of items {broken} {_stored(snapshot)} are not finite")
-        per_seed = fetch_size(k, len(exclude | set(seeds)), snapshot.index.ntotal)
+        per_seed = fetch_size(k, len(exclude | set(seeds)), snapshot.num_items)
         scores, ids = await self._search_batch((snapshot, queries, per_seed))
         hits = merge_u2i2i(snapshot.item_ids, seeds, scores, ids, k, exclude)
         return {**snapshot.versions(), "items": hits, "k": k, "query": "recent_items", "seeds": seeds}
