@@ -109,6 +109,24 @@ class ServedSnapshot:
                                 f"{exc.args[0] if exc.args else exc}") from None
         return normalize(vector), ignored
 
+    def embed_sequences(self, sequences: list[list[str]]) -> list[np.ndarray | NotFoundError]:
+        """`embed_sequence` of each sequence (its vector, or the NotFoundError it raises), with one
+        model call for all of them when the embedder has `embed_user_sequences` (a batch)."""
+        known = [[i for i in seq if i in self.item_row] for seq in sequences]
+        batched = getattr(self.embedder, "embed_user_sequences", None)
+        if batched is not None and all(known):
+            try:
+                return list(normalize(np.asarray(batched(known), dtype=np.float32)))
+            except KeyError:
+                pass  # some sequence the model cannot embed: each on its own says which
+        out: list[np.ndarray | NotFoundError] = []
+        for seq in sequences:
+            try:
+                out.append(self.embed_sequence(seq)[0])
+            except NotFoundError as exc:
+                out.append(exc)
+        return out
+
     def embed_text(self, text: str, item_id: str | None = None) -> np.ndarray:
         """A normalised item vector from text alone (the cold-start path of the model)."""
         try:
