@@ -17,6 +17,7 @@ compare with; counted in `skipped_no_daily_vector`), as are targets the model's 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ def _config(quick: bool) -> Any:
     config = load_config(repo / "configs" / "quality_ml100k_quick.yaml")
     t = config.training
     t.model = t.model.model_copy(update={"fusion": "id"})  # ID tower only: no LLM token states needed
-    t.universal = t.universal.model_copy(update={"epochs": 4 if quick else 12, "eval_every": 2, "seed": 42})
+    t.universal = t.universal.model_copy(update={"epochs": 8 if quick else 12, "eval_every": 2, "seed": 42})
     return config
 
 
@@ -52,25 +53,30 @@ def streaming_eval(quick: bool, work: Path, max_events: int, log: Any = print) -
     root = lake_root(config)
     config.storage.root = str(root)
     build_lake(config, root, log)  # the dataset through Kafka and the ingest job, kept between runs
+    here = Path(__file__).resolve().parent  # build_lake put benchmarks/ first: `serve` must stay the app
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     family = config.sequences.all_scene.name
     table = read_sequences(str(root), family).select(["user_id", "item_ids", "ts"]).to_pylist()
     times = np.sort(np.concatenate([np.asarray(r["ts"], np.int64) for r in table]))
     t0 = int(times[int(0.9 * len(times))]) // DAY_MS * DAY_MS  # the last daily cycle: 90% of events before it
 
+    work.mkdir(parents=True, exist_ok=True)
     registry = ModelRegistry(work / "registry")
     setup = recipe.setup(config, "universal", start="scratch", until_ts=t0, registry=registry)
     state, progress = recipe.fit(setup.payload, device="cpu", log=None)
     version = recipe.register(setup, state, progress, config, registry)
-    embedder = RegistryEmbedder(root=str(registry.root), kind="universal", task=None, version=version.version)
+    embedder = RegistryEmbedder(root=str(work / "registry"), kind="universal", task=None, version=version.version)
     lookup, max_len = embedder.lookup, embedder.max_len
     trained_s = time.perf_counter() - started
 
     cases = sorted((ts, n, user["user_id"], user["item_ids"][n]) for user in table
-                   for n, ts in enumerate(user["ts"]) if ts >= t0)[:max_events]
+                   for n, ts in enumerate(user["ts"]) if ts >= t0)
     by_user = {user["user_id"]: user for user in table}
     users, daily, realtime, labels = [], [], [], []
     skipped = {"no_daily_vector": 0, "unknown_target": 0}
     for ts, n, user_id, item in cases:
+        if len(labels) == max_events:
+            break
         if item not in lookup:
             skipped["unknown_target"] += 1
             continue

@@ -237,6 +237,16 @@ def main() -> None:
             for n in range(ITEMS):
                 producer.send_item({"item_id": f"i{n}", "text": item_text(n), "created_ts": snapshot_ms})
             producer.flush()
+        streaming = None
+        if not args.no_streaming_eval:  # first, on this Ray head: it trains in-process and disconnects after
+            from benchmarks._streaming import streaming_eval
+
+            events = args.streaming_events or (500 if args.quick else 2000)
+            streaming = streaming_eval(args.quick, Path(tmp) / "stream", events,
+                                       log=lambda m: print(m, file=sys.stderr))
+            print(json.dumps({"streaming_eval": streaming}), file=sys.stderr)
+            if ray.is_initialized():
+                ray.shutdown()
         ray.init(logging_level="ERROR", log_to_driver=False)
         config_path = Path(tmp) / "platform.yaml"
         port: list[int] = []
@@ -261,16 +271,10 @@ def main() -> None:
                 delays = asyncio.run(event_to_recall(kafka, port[0], probe_users, args.event_rate, seed=3))
             source.stop.set()
             source.thread.join()
+        print(json.dumps({"u2i": results}), file=sys.stderr)
         new_item = new_item_to_recall(config("realtime"), kafka, port[0], vecs, args.event_rate)
+        print(json.dumps({"new_item": new_item}), file=sys.stderr)
         serve.shutdown()
-    streaming = None
-    if not args.no_streaming_eval:
-        from benchmarks._streaming import streaming_eval
-
-        with tempfile.TemporaryDirectory(prefix="precise-bench-stream-") as tmp:
-            events = args.streaming_events or (500 if args.quick else 2000)
-            streaming = streaming_eval(args.quick, Path(tmp), events, log=lambda m: print(m, file=sys.stderr))
-
     snap, rt = results["snapshot"], results["realtime"]
     result = {
         "benchmark": "freshness", "quick": args.quick, "machine": {"cpus": os.cpu_count()},
