@@ -9,7 +9,7 @@ users into its recent-items store as the feed would, and times U2I answers for r
 concurrent requests (what a loaded replica sees). In realtime mode each user with a live event
 newer than their cached vector costs one model call; the rest are cache hits. Ends with one JSON
 line; `load_average_1m` says how busy the machine was. (Outside a Serve replica `@serve.batch`
-cannot run: each search here is one FAISS call of its own.)
+cannot run: each search and each real-time model call here is a call of its own.)
 """
 
 from __future__ import annotations
@@ -86,7 +86,12 @@ def main() -> None:
                 snapshot, queries, k = request
                 return snapshot.search(queries, k)
 
+            async def embed(request: tuple) -> object:  # likewise the micro-batched model calls: one each
+                snapshot, sequence = request
+                return (await asyncio.to_thread(snapshot.embed_sequences, [sequence]))[0]
+
             core._search_batch = search
+            core._embed_batch = embed
             r = random.Random(3)
             live = r.sample(range(USERS), int(args.live_users * USERS))
             for n, user in enumerate(live):
