@@ -116,6 +116,8 @@ class RecallCore:
         set_thread_counts(s.recall.threads)
         self._search_batch.set_max_batch_size(s.batch_max_size)
         self._search_batch.set_batch_wait_timeout_s(s.batch_wait_s)
+        self._embed_batch.set_max_batch_size(s.batch_max_size)
+        self._embed_batch.set_batch_wait_timeout_s(s.batch_wait_s)
         # Each replica follows the live stream itself: a lookup is a dict access instead of a call
         # to another deployment on every request (exclude_seen is on by default).
         self.recent = RecentItems(max_users=s.recent_max_users, per_user=s.recent_items,
@@ -174,6 +176,24 @@ class RecallCore:
                 offset += q
         return out
 
+    # Real-time user vectors of the requests that queued up meanwhile: one thread hand-off and one
+    # model call (a batched forward pass where the embedder has one) for all of them, off the event
+    # loop so that cache hits and stored vectors keep being answered while the model runs.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _embed_batch(self, requests: list[tuple[ServedSnapshot, list[str]]]) -> list[Any]:
+        def run() -> list[Any]:
+            out: list[Any] = [None] * len(requests)
+            groups: dict[int, list[int]] = {}
+            for n, (snapshot, _) in enumerate(requests):
+                groups.setdefault(id(snapshot), []).append(n)
+            for rows in groups.values():
+                snapshot = requests[rows[0]][0]
+                for n, vector in zip(rows, snapshot.embed_sequences([requests[n][1] for n in rows]), strict=True):
+                    out[n] = vector
+            return out
+
+        return await asyncio.to_thread(run)
+
     def _snapshot(self) -> ServedSnapshot | None:
         return self.watcher.current  # read once per request: everything below uses this reference
 
@@ -189,8 +209,9 @@ class RecallCore:
             return None, 0
         vector = self.realtime.cached(snapshot, user_id, live, newest)
         if vector is None:
-            sequence = self.realtime.sequence(snapshot, user_id, live)
-            vector, _ = await asyncio.to_thread(snapshot.embed_sequence, sequence)
+            vector = await self._embed_batch((snapshot, self.realtime.sequence(snapshot, user_id, live)))
+            if isinstance(vector, NotFoundError):
+                raise vector
             require_finite(vector, f"the real-time vector of user {user_id!r} {_computed(snapshot)}")
             self.realtime.store(snapshot, user_id, live, newest, vector)
         return vector, len(live)
@@ -277,7 +298,7 @@ class RecallCore:
         vector, how, _, live_events = await self._query_vector(snapshot, q, recent)
         exclude = set(recent if user_id is not None else q["item_ids"]) if q["exclude_seen"] else set()
         scores, ids = await self._search_batch((snapshot, vector[None, :],
-                                                fetch_size(k, len(exclude), snapshot.index.ntotal)))
+                                                fetch_size(k, len(exclude), snapshot.num_items)))
         hits = rank_u2i(snapshot.item_ids, scores[0], ids[0], k, exclude)
         return {**snapshot.versions(), "items": hits, "k": k, "query": how,
                 "user_vector_mode": self.cfg.user_vector_mode, "live_events": live_events}
@@ -306,7 +327,7 @@ class RecallCore:
             seeds, queries = [s for s, ok in zip(seeds, finite, strict=True) if ok], queries[finite]
             if not seeds:
                 raise VectorError(f"the stored vectors of items {broken} {_stored(snapshot)} are not finite")
-        per_seed = fetch_size(k, len(exclude | set(seeds)), snapshot.index.ntotal)
+        per_seed = fetch_size(k, len(exclude | set(seeds)), snapshot.num_items)
         scores, ids = await self._search_batch((snapshot, queries, per_seed))
         hits = merge_u2i2i(snapshot.item_ids, seeds, scores, ids, k, exclude)
         return {**snapshot.versions(), "items": hits, "k": k, "query": "recent_items", "seeds": seeds}

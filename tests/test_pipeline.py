@@ -126,3 +126,82 @@ def test_item_cycle_boundary_is_the_newest_since_the_last_cycle(tmp_path):
     off = Pipeline(PreciseConfig.model_validate({"storage": {"root": str(tmp_path)},
                                                  "pipeline": {"item_cycle_s": 0}}))
     assert off.item_boundary(events, {"done_boundaries": [DAY]}) is None
+
+
+@pytest.mark.integration
+def test_the_run_loop_runs_item_cycles_that_embed_only_new_and_changed_items(kafka_broker, ray_head, tmp_path):
+    """Pipeline.run() (ingest, then the item cycle its watermark calls for) after a full cycle's
+    snapshot: one item cycle embeds the new item and the changed one only, publishes them as a
+    delta with the deletion, and the next embeds nothing because nothing changed."""
+    import numpy as np
+
+    from precise.events.producer import EventProducer
+    from precise.events.topics import ensure_topics
+    from precise.ingest.job import IngestJob
+    from precise.pipeline.orchestrator import Pipeline
+    from precise.predict.embedders import HashingTextEncoder, write_vector_table
+    from precise.predict.job import run_predict
+    from precise.serving.state import load_served_snapshot
+    from precise.store.pipeline import PipelineRecords
+    from precise.store.snapshots import SnapshotStore, read_items
+    from precise.vectors import normalize
+
+    hour, tag = 3_600_000, uuid.uuid4().hex[:8]
+    table = tmp_path / "vectors.parquet"  # the "model": vectors of i0..i24; i25..i29 are text-only items
+    write_vector_table(table, [f"i{n}" for n in range(25)],
+                       np.random.default_rng(0).standard_normal((25, 8)).astype(np.float32))
+    config = PreciseConfig.model_validate({
+        "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": f"ev-{tag}",
+                  "items_topic": f"it-{tag}", "dead_letter_topic": f"ev-{tag}.dlq", "partitions": 2},
+        "storage": {"root": str(tmp_path)},
+        "ingest": {"publish_dead_letters": False},
+        "pipeline": {"cycle_s": 86_400, "item_cycle_s": 3_600, "predict": True},
+        "predict": {"task": "items", "actor_num_cpus": 0.25, "batch_size": 64, "sequence_family": "all",
+                    "embedder": {"kwargs": {"items_path": str(table), "model_version": "table-1"}}},
+    })
+    ensure_topics(config.kafka)
+    with EventProducer(config.kafka) as producer:
+        for n in range(30):
+            producer.send_item({"item_id": f"i{n}", "text": f"film {n} about topic {n % 4}", "created_ts": DAY})
+        for n in range(40):
+            producer.send_event({"event_id": f"e{n}", "user_id": f"u{n % 8}", "item_id": f"i{n % 25}",
+                                 "scene": "s", "action": "rate", "ts": DAY + hour + n})
+        producer.flush()
+    IngestJob(config).run_once()
+    base = run_predict(config).snapshot  # the full cycle at DAY published this, with the text hashes
+    records = PipelineRecords(str(tmp_path), "periodic")
+    records.save_state({"done_boundaries": [DAY], "reports": []})
+
+    with EventProducer(config.kafka) as producer:
+        producer.send_item({"item_id": "new-1", "text": "a documentary about deep sea creatures", "created_ts": DAY})
+        producer.send_item({"item_id": "i27", "text": "film 27 recut as a musical", "created_ts": DAY})  # changed
+        producer.send_item({"item_id": "i3", "text": "film 3 about topic 3", "created_ts": DAY})  # same text
+        producer.delete_item("i5")
+        producer.send_event({"event_id": "late", "user_id": "u1", "item_id": "i1", "scene": "s", "action": "rate",
+                             "ts": DAY + 3 * hour + 5})  # the watermark passes the item boundary DAY + 3 h
+        producer.flush()
+    summary = Pipeline(config).run()
+    assert summary["cycles_run"] == 0  # no full-cycle boundary passed: only the item cycle ran
+    assert records.state()["item_boundaries"] == [DAY + 3 * hour]
+    store = SnapshotStore(tmp_path, "items")
+    delta = store.latest()
+    assert delta.manifest["base"] == base.version and delta.manifest["model_version"] == "table-1"
+    assert delta.manifest["embedded"]["embedded"] == 2  # new-1 and i27 went through the model, nothing else
+    assert (delta.manifest["embedded"]["new"], delta.manifest["embedded"]["changed"]) == (1, 1)
+    assert delta.manifest["item_delta"] == {"items": 2, "deleted": 1} and delta.manifest["num_items"] == 30
+    ids, vectors = read_items(delta)
+    assert "i5" not in ids and {"new-1", "i27"} <= set(ids)
+    musical = normalize(HashingTextEncoder(8).encode("film 27 recut as a musical"))
+    assert np.allclose(vectors[ids.index("i27")], musical, atol=1e-5)
+    served = load_served_snapshot(delta, ["precise."])
+    _, rows = served.search(vectors, 30)  # full ranking from every item's vector: i5 never comes back
+    assert "i5" not in {served.item_ids[r] for r in rows.ravel()}
+    assert served.item_ids[rows[ids.index("new-1"), 0]] == "new-1"  # the new item is recallable
+
+    with EventProducer(config.kafka) as producer:  # an hour later, the catalogue unchanged
+        producer.send_event({"event_id": "later", "user_id": "u2", "item_id": "i2", "scene": "s", "action": "rate",
+                             "ts": DAY + 4 * hour + 5})
+        producer.flush()
+    Pipeline(config).run()
+    assert records.state()["item_boundaries"] == [DAY + 3 * hour, DAY + 4 * hour]
+    assert store.latest_version() == delta.version  # nothing embedded, nothing published

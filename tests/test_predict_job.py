@@ -84,6 +84,14 @@ def test_predict_cli_reports_config_errors(tmp_path):
     assert done.returncode == 2 and "predict.index.approximate" in done.stderr
 
 
+def test_predict_cli_delta_cycle_needs_a_snapshot_to_be_a_delta_of(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("predict:\n  task: fresh\n")
+    done = subprocess.run([sys.executable, "jobs/predict.py", "--config", str(path), "--root", str(tmp_path),
+                           "--cycle", "delta"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "has no snapshot yet: run --cycle all first" in done.stderr
+
+
 def test_demo_cli_publishes_a_snapshot(tmp_path):
     done = subprocess.run([sys.executable, "-m", "precise.predict.demo", "--root", str(tmp_path), "--task", "d",
                            "--users", "10", "--items", "20", "--dim", "4"], cwd=REPO, capture_output=True,

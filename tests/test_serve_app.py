@@ -415,17 +415,25 @@ def test_predict_job_publishes_and_a_cold_item_enters_recall(service):
 
     cold_text = "a completely new documentary about deep sea creatures"
     assert service.post("/v1/embeddings/items", {"item_id": "cold-1"}).status_code == 404
+    assert service.post("/v1/embeddings/items", {"item_id": "i7"}).status_code == 200
     with EventProducer(service.kafka) as producer:
         producer.send_item({"item_id": "cold-1", "text": cold_text, "created_ts": NOW_MS})
+        producer.delete_item("i7")
         producer.flush()
     IngestJob(cfg).run_once()
-    # the orchestrator's item cycle: the catalogue with the model of LATEST, its users reused
+    # the orchestrator's item cycle: only the new item is embedded, with the model of LATEST, and
+    # published as an item delta over it (its users, its index) with the deletion
     from precise.pipeline.orchestrator import Pipeline
 
     summary = Pipeline(cfg).run_item_cycle(boundary=0)
-    assert summary["users_reused_from"] == all_version and summary["items"] == 401
+    assert summary["users_reused_from"] == all_version and summary["items"] == 400  # +1 new, -1 deleted
+    assert (summary["embedded"], summary["new"], summary["deleted"]) == (1, 1, 1)
     assert summary["model_version"] == manifest["model_version"]
     service.wait_for_version(summary["version"])
+    assert service.post("/v1/embeddings/items", {"item_id": "i7"}).status_code == 404  # left the index
+    everything = service.post("/v1/recall/u2i", {"user_id": "u0", "k": 400, "exclude_seen": False}).json()
+    assert len(everything["items"]) == 400 and "i7" not in {h["item_id"] for h in everything["items"]}
+    assert everything["snapshot_version"] == summary["version"]
 
     got = service.post("/v1/embeddings/items", {"item_id": "cold-1"}).json()
     assert got["model_version"] == manifest["model_version"] and got["snapshot_version"] == summary["version"]

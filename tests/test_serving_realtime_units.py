@@ -4,13 +4,15 @@ the user's next event."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from precise.predict.demo import publish_random_snapshot
 from precise.predict.embedders import TableEmbedder
 from precise.serving.realtime import RealtimeUsers, live_sequence
 from precise.serving.recent import RecentItems
-from precise.serving.state import load_served_snapshot
+from precise.serving.state import NotFoundError, load_served_snapshot
 from precise.store.snapshots import read_user_tails
 from precise.vectors import normalize
 
@@ -53,3 +55,24 @@ def test_snapshot_tails_are_stored_and_extended_with_live_events(tmp_path):
     recent.add("u0", "i8", 1_600)  # the next event invalidates the cached vector
     live, newest = rt.live(snapshot, "u0")
     assert live == ["i7", "i8"] and rt.cached(snapshot, "u0", live, newest) is None
+
+
+def test_embed_sequences_batches_what_embed_sequence_does_one_by_one(tmp_path):
+    ref, _ = publish_random_snapshot(tmp_path, "t", users=3, items=40, dim=8, seed=2, model_version="m-1")
+    snapshot = load_served_snapshot(ref)
+    sequences = [["i1", "i2"], ["nope"], ["i3", "x", "i4", "i5"]]
+    got = snapshot.embed_sequences(sequences)
+    assert np.allclose(got[0], snapshot.embed_sequence(sequences[0])[0])
+    assert isinstance(got[1], NotFoundError) and "none of the 1 item ids" in str(got[1])
+    assert np.allclose(got[2], snapshot.embed_sequence(sequences[2])[0])
+
+    class Batched(TableEmbedder):  # an embedder with a batched forward pass is called once for all
+        calls = 0
+
+        def embed_user_sequences(self, seqs):
+            Batched.calls += 1
+            return np.stack([self.embed_user_sequence(s) for s in seqs])
+
+    batched = dataclasses.replace(snapshot, embedder=Batched(**ref.manifest["embedder"]["kwargs"]))
+    both = batched.embed_sequences([sequences[0], sequences[2]])
+    assert Batched.calls == 1 and np.allclose(both[0], got[0]) and np.allclose(both[1], got[2])

@@ -185,3 +185,52 @@ def test_watcher_swaps_forward_and_keeps_serving_through_a_broken_snapshot(tmp_p
     assert first.search(first.item_vectors[:1], 1)[1][0, 0] == 0  # an old reference still answers
     assert watcher.describe()["swaps"] == 2
     assert seen == ["swap 000001", "refused t", "swap 000003"]
+
+
+def test_an_item_delta_serves_new_and_changed_items_and_drops_deleted_ones_without_a_rebuild(tmp_path):
+    """An item cycle's delta over a full snapshot: read back as the effective catalogue, served on
+    top of the base's own index (the same FAISS object), version consistent, and its base kept."""
+    from precise.serving.swap import SnapshotWatcher
+    from precise.store.snapshots import base_ref, read_item_hashes, read_items, read_users
+
+    base, vecs = publish_random_snapshot(tmp_path, "t", users=10, items=50, dim=8, seed=4, model_version="m1")
+    store = SnapshotStore(tmp_path, "t")
+    watcher = SnapshotWatcher(store, poll_interval_s=3600, allowed_prefixes=["precise."])
+    assert watcher.poll_once()
+    full = watcher.current
+    new, changed = _vectors(1, 8, seed=7)[0], _vectors(1, 8, seed=8)[0]
+    with pytest.raises(SnapshotError, match="never mixes model versions"):
+        store.publish_item_delta(base, ["new-1"], new[None], ["h"], [], "m2")
+    with pytest.raises(SnapshotError, match="not in base"):
+        store.publish_item_delta(base, [], np.zeros((0, 8), np.float32), [], ["nope"], "m1")
+    delta = store.publish_item_delta(base, ["new-1", "i3"], np.stack([new, changed]), ["h1", "h3"], ["i5"], "m1")
+    assert delta.manifest["base"] == base.version and delta.manifest["num_items"] == 50  # +1 new, -1 deleted
+    assert delta.manifest["model_version"] == "m1" and base_ref(delta).version == base.version
+    ids, items = read_items(delta)
+    assert len(ids) == 50 and "i5" not in ids and ids[-2:] == ["new-1", "i3"]
+    assert np.allclose(items[-1], changed) and read_users(delta)[0] == read_users(base)[0]
+    hashes = read_item_hashes(delta)
+    assert hashes["new-1"] == "h1" and hashes["i3"] == "h3" and "i5" not in hashes and hashes["i0"] is None
+
+    assert watcher.poll_once()
+    served = watcher.current
+    assert served.version == delta.version and served.base is full and served.index is full.index  # no rebuild
+    assert served.num_items == 50 and served.item_vector("i5") is None
+    assert np.allclose(served.item_vector("i3"), changed) and np.allclose(served.item_vector("new-1"), new)
+    # full ranking over every item: exactly brute force over the effective catalogue
+    queries = np.concatenate([vecs.users, new[None], vecs.items[5:6]])
+    scores, rows = served.search(queries, 50)
+    for q in range(len(queries)):
+        want = np.argsort(-(items @ queries[q]), kind="stable")
+        assert [served.item_ids[r] for r in rows[q]] == [ids[n] for n in want]
+        assert np.allclose(scores[q], (items @ queries[q])[want], atol=1e-5)
+    assert served.item_ids[served.search(new[None], 1)[1][0, 0]] == "new-1"
+    # the next delta replaces this one (cumulative over the same base), applied to the same base
+    again = store.publish_item_delta(base, ["new-1"], new[None], ["h1"], ["i5", "i6"], "m1")
+    assert watcher.poll_once() and watcher.current.base is full and watcher.current.num_items == 49
+    assert np.allclose(watcher.current.item_vector("i3"), vecs.items[3])  # the old delta's change is gone
+    # a replica starting now loads the base from disk and the delta on it
+    fresh = load_served_snapshot(store.get(again.version), ["precise."])
+    assert fresh.base.version == base.version and fresh.num_items == 49
+    assert store.prune(keep=2) == []  # the two newest are deltas over the first: it stays
+    assert store.versions() == [base.version, delta.version, again.version]

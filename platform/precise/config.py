@@ -358,9 +358,9 @@ class PipelineConfig(Section):
     # new universal model (used directly) on the target task's validation (the serving gate)
     publish: Literal["auto", "targeted", "universal"] = "auto"
     poll_interval_s: float = Field(10.0, gt=0)  # --follow: wait between ingest polls
-    # item cycles between full cycles, every this much event time (0: none): the item catalogue is
-    # re-embedded with the served snapshot's model and published with its user vectors reused, so
-    # new items are searchable within this period instead of the next full cycle
+    # item cycles between full cycles, every this much event time (0: none): the catalogue's new and
+    # changed items are embedded with the served snapshot's model and published as an item delta
+    # (deleted items leave), so new items are searchable within this period, not the next full cycle
     item_cycle_s: float = Field(3_600.0, ge=0)
 
 

@@ -48,6 +48,12 @@ class EventProducer:
         return self._producer.send(self.config.items_topic, key=item.item_id.encode(),
                                    value=item.to_json_bytes(), partition=partition)
 
+    def delete_item(self, item_id: str) -> Any:
+        """Delete a catalogue item: a tombstone (the item's key, no value) on the compacted topic."""
+        if not item_id:
+            raise ValueError("item_id must not be empty")
+        return self._producer.send(self.config.items_topic, key=item_id.encode(), value=None)
+
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
         """Send bytes unvalidated: only for dead-letter records and for tests of bad input."""
         return self._producer.send(topic, key=key, value=value)

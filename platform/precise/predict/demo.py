@@ -15,7 +15,7 @@ import numpy as np
 from precise.config import IndexConfig
 from precise.predict.embedders import write_vector_table
 from precise.predict.index import index_builder
-from precise.store.snapshots import SnapshotRef, SnapshotStore
+from precise.store.snapshots import SnapshotRef, SnapshotStore, text_hash
 from precise.vectors import normalize
 
 
@@ -37,10 +37,12 @@ def random_vectors(users: int, items: int, dim: int, seed: int) -> tuple[np.ndar
 def publish_random_snapshot(root: str | Path, task: str, *, users: int, items: int, dim: int, seed: int,
                             model_version: str, index: IndexConfig | None = None,
                             tails: dict[str, list[str]] | None = None,
-                            sequences_until_ms: int | None = None) -> tuple[SnapshotRef, RandomVectors]:
+                            sequences_until_ms: int | None = None,
+                            item_texts: list[str] | None = None) -> tuple[SnapshotRef, RandomVectors]:
     """Write a TableEmbedder table and publish a snapshot of `users` x `items` random vectors;
     `tails` (user -> sequence tail) are stored for real-time serving, events after
-    `sequences_until_ms` count as live (default: the publishing time)."""
+    `sequences_until_ms` count as live (default: the publishing time); `item_texts` (of i0, i1, ...)
+    are recorded as the texts the items were embedded from (an item cycle re-embeds what changes)."""
     user_vectors, item_vectors = random_vectors(users, items, dim, seed)
     user_ids = [f"u{n}" for n in range(users)]
     item_ids = [f"i{n}" for n in range(items)]
@@ -49,7 +51,7 @@ def publish_random_snapshot(root: str | Path, task: str, *, users: int, items: i
     write_vector_table(table, item_ids, item_vectors)
     store = SnapshotStore(root, task)
     with store.writer() as writer:
-        writer.write_items(item_ids, item_vectors)
+        writer.write_items(item_ids, item_vectors, None if item_texts is None else [text_hash(t) for t in item_texts])
         writer.write_users(user_ids, user_vectors,
                            tails=None if tails is None else [tails.get(u, []) for u in user_ids])
         extra: dict = {"sources": {"random_seed": seed}, "sequence_rules": {"max_len": 50}}

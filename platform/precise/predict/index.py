@@ -54,26 +54,30 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, 
     return index, info
 
 
-def search_params(info: IndexInfo | dict[str, Any], k: int) -> faiss.SearchParameters | None:
+def search_params(info: IndexInfo | dict[str, Any], k: int,
+                  selector: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
     """Per-call search settings (thread-safe: nothing on the shared index object changes).
 
     HNSW needs efSearch >= k to return k good results; IVF's nprobe is not kept by write_index.
+    `selector` restricts the search to the ids it selects (an item delta masks base rows with it).
     """
     kind = info.type if isinstance(info, IndexInfo) else info["type"]
     params = info.params if isinstance(info, IndexInfo) else info.get("params", {})
+    extra = {} if selector is None else {"sel": selector}
     if kind == HNSW:
-        return faiss.SearchParametersHNSW(efSearch=max(int(params["ef_search"]), k))
+        return faiss.SearchParametersHNSW(efSearch=max(int(params["ef_search"]), k), **extra)
     if kind == IVF:
-        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
-    return None
+        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]), **extra)
+    return faiss.SearchParameters(**extra) if extra else None
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int,
-           info: IndexInfo | dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           info: IndexInfo | dict[str, Any] | None = None,
+           selector: faiss.IDSelector | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores [q, k], ids [q, k]) of the top `k` items for each normalised query; id -1 pads."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, index.ntotal)
-    params = search_params(info, k) if info is not None else None
+    params = search_params(info or IndexInfo(FLAT), k, selector)
     if params is None:
         return index.search(queries, k)
     return index.search(queries, k, params=params)

@@ -33,7 +33,7 @@ from precise.predict.index import index_builder
 from precise.runtime import connect_ray
 from precise.store.lake import read_items
 from precise.store.sequences import read_sequences
-from precise.store.snapshots import TAIL, SnapshotError, SnapshotRef, SnapshotStore
+from precise.store.snapshots import TAIL, SnapshotError, SnapshotRef, SnapshotStore, text_hash
 from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,33 @@ def _single_model_version(table: pa.Table, what: str) -> str | None:
     return versions[0] if versions else None
 
 
+def actor_options(cfg: PreciseConfig, embedder: dict[str, Any]) -> dict[str, Any]:
+    """`map_batches` arguments of an embedding actor pool of `embedder` (import path + kwargs)."""
+    import ray.data
+
+    p = cfg.predict
+    return {"compute": ray.data.ActorPoolStrategy(size=p.num_actors), "batch_size": p.batch_size,
+            "batch_format": "pyarrow", "num_cpus": p.actor_num_cpus,
+            "fn_constructor_kwargs": {**embedder, "threads": p.threads_per_actor}}
+
+
+def embed_catalog(cfg: PreciseConfig, catalog: pa.Table, embedder: dict[str, Any]) -> tuple[pa.Table, str | None]:
+    """(item_id, vector, model_version) of every (item_id, text) row of `catalog`, embedded by an
+    actor pool of `embedder`; and the one model version that embedded them."""
+    import ray
+    import ray.data
+
+    refs = ray.data.from_arrow(catalog).map_batches(ItemEmbedActor, **actor_options(cfg, embedder)).to_arrow_refs()
+    items = pa.concat_tables(ray.get(refs))
+    return items, _single_model_version(items, "items")
+
+
+def catalog_hashes(catalog: pa.Table) -> dict[str, str | None]:
+    """item -> `text_hash` of its text, for the snapshot (an item cycle re-embeds only what changed)."""
+    return {i: text_hash(t) for i, t in zip(catalog.column("item_id").to_pylist(),
+                                            catalog.column("text").to_pylist(), strict=True)}
+
+
 def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
     """Embed items (and users unless an items-only cycle can reuse them) and publish a snapshot."""
     import ray
@@ -173,14 +200,10 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
     connect_ray()  # ships this `precise` to the embedding actors (precise.runtime)
     store = SnapshotStore(cfg.storage.resolved_root(), p.task)
     embedder, rules = sequence_rules_of(cfg, {"import_path": p.embedder.import_path, "kwargs": p.embedder.kwargs})
-    actor = {"compute": ray.data.ActorPoolStrategy(size=p.num_actors), "batch_size": p.batch_size,
-             "batch_format": "pyarrow", "num_cpus": p.actor_num_cpus,
-             "fn_constructor_kwargs": {**embedder, "threads": p.threads_per_actor}}
+    actor = actor_options(cfg, embedder)
 
     catalog, sources = read_catalog(cfg)
-    refs = ray.data.from_arrow(catalog).map_batches(ItemEmbedActor, **actor).to_arrow_refs()
-    items = pa.concat_tables(ray.get(refs))
-    model_version = _single_model_version(items, "items")
+    items, model_version = embed_catalog(cfg, catalog, embedder)
     item_vectors = vectors_from_arrow(items.column("vector"))
 
     previous = store.latest()
@@ -190,7 +213,9 @@ def run_predict(cfg: PreciseConfig, cycle: Cycle = "all") -> PredictResult:
         log.warning("items-only cycle: no LATEST snapshot of model %s to take users from; embedding users too",
                     model_version)
     with store.writer() as writer:
-        writer.write_items(items.column("item_id").to_pylist(), item_vectors)
+        hashes = catalog_hashes(catalog)
+        item_ids = items.column("item_id").to_pylist()
+        writer.write_items(item_ids, item_vectors, [hashes[i] for i in item_ids])
         users_skipped = 0
         if reuse:
             writer.reuse_users(previous)

@@ -73,6 +73,16 @@ class RegistryEmbedder:
             user = self.model.user_embeddings(torch.from_numpy(right_aligned([known], self.max_len)), self.raw_table)
         return user[0].numpy().astype(np.float32)
 
+    def embed_user_sequences(self, sequences: list[list[str]]) -> np.ndarray:
+        """[n, d]: `embed_user_sequence` of each sequence in one forward pass (real-time serving
+        batches the users whose vectors went stale together)."""
+        known = [np.array([self.lookup[i] for i in seq if i in self.lookup], dtype=np.int64) for seq in sequences]
+        if any(len(k) == 0 for k in known):
+            raise KeyError("a sequence has no item known to the model")
+        with torch.no_grad():
+            users = self.model.user_embeddings(torch.from_numpy(right_aligned(known, self.max_len)), self.raw_table)
+        return users.numpy().astype(np.float32)
+
     def describe(self) -> dict[str, Any]:
         return {"model_version": self.model_version, "items": len(self.lookup), "dim": int(self.raw_table.shape[1])}
 

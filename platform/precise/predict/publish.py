@@ -26,16 +26,10 @@ def publish_model(config: PreciseConfig, model: ModelVersion) -> dict[str, Any]:
 
 
 def publish_items(config: PreciseConfig) -> dict[str, Any] | None:
-    """An item cycle: re-embed the catalogue with the model of the task's LATEST snapshot and
-    publish it with that snapshot's user vectors (same model version: never mixed); None when
-    there is no snapshot yet (the first full cycle publishes one)."""
-    from precise.predict.job import run_predict
-    from precise.store.snapshots import SnapshotStore
+    """An item cycle (precise.predict.delta): embed only the catalogue's new and changed items,
+    with the model of the task's LATEST snapshot, and publish them (and the deletions) as an item
+    delta over its full snapshot; None when there is no snapshot yet (the first full cycle
+    publishes one)."""
+    from precise.predict.delta import run_item_cycle
 
-    latest = SnapshotStore(config.storage.resolved_root(), config.predict.task).latest()
-    if latest is None:
-        return None
-    cfg = config.model_copy(deep=True)
-    spec = latest.manifest["embedder"]
-    cfg.predict.embedder = EmbedderConfig(import_path=spec["import_path"], kwargs=spec.get("kwargs") or {})
-    return run_predict(cfg, cycle="items").summary()
+    return run_item_cycle(config)

@@ -76,7 +76,8 @@ class SnapshotWatcher:
     def _load(self, version: str) -> ServedSnapshot | None:
         started = time.perf_counter()
         try:
-            snapshot = load_served_snapshot(self.store.get(version), self.allowed_prefixes)
+            # an item delta over what is served now is applied to it: only the delta is read
+            snapshot = load_served_snapshot(self.store.get(version), self.allowed_prefixes, self.current)
         except Exception as exc:  # noqa: BLE001 - any failure refuses this snapshot, never the replica
             self._failed[version] = f"{type(exc).__name__}: {exc}"
             self.last_error = f"snapshot {self.store.task}/{version} not served: {self._failed[version]}"

@@ -6,6 +6,10 @@
         item_id_map.parquet    faiss_id, item_id (for readers that need only the index)
         index.faiss            the FAISS index over the item vectors
         users/*.parquet        user_id, vector (L2-normalised; one or more files)
+    <root>/embeddings/<task>/<version>/   an item delta (an item cycle's snapshot, `base` in its manifest)
+        manifest.json          as above, plus `base` (a full snapshot) and `item_delta` (counts)
+        item_delta.parquet     item_id, vector, text_hash: items new or changed since the base
+        deleted.parquet        item_id: items of the base that left the catalogue or changed
     <root>/embeddings/<task>/LATEST    the newest published version's name
     <root>/embeddings/<task>/PIN       optional: the version to serve instead of LATEST (a rollback)
 
@@ -14,11 +18,20 @@ number (rename is atomic and fails if a concurrent writer took the number), and 
 replaced atomically (temp file, fsync, os.replace), forwards only: a reader that follows LATEST
 sees a whole snapshot or the previous one, never a half-written one. Like the model registry, the
 root is a local or mounted filesystem (NFS, EFS, a KubeRay PVC).
+
+An item delta is a snapshot of its own (a version, LATEST moves to it) that stores only what an
+item cycle changed relative to one full snapshot, its base: no users, no index. It has the base's
+model version and embedder (`publish_item_delta` refuses anything else), and each delta is
+cumulative over the base (never a chain), so a reader needs the base and one delta. The readers
+here (`read_items`, `read_users`, `read_user_tails`) give a delta's effective content; serving adds
+the delta to the base's index in memory (precise.serving.state). `prune` keeps every base a kept
+delta needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -41,7 +54,14 @@ from precise.vectors import normalize, vectors_from_arrow, vectors_to_arrow
 FORMAT = 1
 MANIFEST, LATEST, PIN, INDEX, USERS = "manifest.json", "LATEST", "PIN", "index.faiss", "users"
 ITEMS, ITEM_ID_MAP = "items.parquet", "item_id_map.parquet"
+ITEM_DELTA, DELETED = "item_delta.parquet", "deleted.parquet"
 TAIL = "tail"  # the users' column of sequence tails
+TEXT_HASH = "text_hash"  # the items' column of hashes of the text each was embedded from
+
+
+def text_hash(text: str | None) -> str | None:
+    """A stable digest of an item's text: an item cycle re-embeds an item only when it changes."""
+    return None if text is None else hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 @dataclass
@@ -136,8 +156,55 @@ class SnapshotStore:
         (self.dir / PIN).unlink(missing_ok=True)
         return existed
 
+    def _base_version(self, version: str) -> str | None:
+        try:
+            return self.get(version).manifest.get("base")
+        except SnapshotError:
+            return None
+
     def writer(self) -> SnapshotWriter:
         return SnapshotWriter(self)
+
+    def publish_item_delta(self, base: SnapshotRef, ids: list[str], vectors: np.ndarray,
+                           hashes: list[str | None], deleted: list[str], model_version: str,
+                           extra: dict[str, Any] | None = None) -> SnapshotRef:
+        """Publish an item delta over the full snapshot `base`: `ids` (new or changed since the
+        base) with their vectors and text hashes, and `deleted` (base items that left the
+        catalogue). `model_version` must be the base's: a delta never mixes versions."""
+        if base.manifest.get("base") is not None:
+            raise SnapshotError(f"snapshot {base.version} is itself a delta: a delta's base is a full snapshot")
+        m = base.manifest
+        if model_version != m["model_version"]:
+            raise SnapshotError(f"item delta embedded by model {model_version}, its base {base.version} "
+                                f"by {m['model_version']}: a snapshot never mixes model versions")
+        if len(ids):
+            _check_rows("item", ids, vectors)
+        if len(ids) and vectors.shape[1] != m["dim"]:
+            raise SnapshotError(f"item delta vectors have dim {vectors.shape[1]}, base {base.version} {m['dim']}")
+        base_ids = set(pq.read_table(base.path / ITEMS, columns=["item_id"]).column("item_id").to_pylist())
+        unknown = set(deleted) - base_ids
+        if unknown:
+            raise SnapshotError(f"deleted items {sorted(unknown)[:5]} are not in base {base.version}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.dir, prefix=".staging-"))
+        try:
+            matrix = normalize(vectors) if len(ids) else np.zeros((0, int(m["dim"])), np.float32)
+            pq.write_table(pa.table({"item_id": pa.array(list(ids), pa.string()), "vector": vectors_to_arrow(matrix),
+                                     TEXT_HASH: pa.array(list(hashes), pa.string())}), staging / ITEM_DELTA)
+            pq.write_table(pa.table({"item_id": pa.array(sorted(deleted), pa.string())}), staging / DELETED)
+            now = time.time()
+            live = len(base_ids - set(deleted) - set(ids)) + len(ids)
+            kept = {k: m[k] for k in ("model_version", "embedder", "dim", "normalized", "metric", "num_users",
+                                      "index", "sequence_rules", "sequences_until_ms") if k in m}
+            manifest = {**kept, "format": FORMAT, "task": self.task, "base": base.version,
+                        "created_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+                        "created_ts": now, "num_items": live,
+                        "item_delta": {"items": len(ids), "deleted": len(deleted)},
+                        "files": {"item_delta": ITEM_DELTA, "deleted": DELETED}, **(extra or {})}
+            return self._publish(staging, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def _publish(self, staging: Path, manifest: dict[str, Any]) -> SnapshotRef:
         existing = self.versions()
@@ -158,8 +225,10 @@ class SnapshotStore:
         Serving holds the snapshot it answers from in memory, so deleting files does not disturb
         in-flight requests; keeping a few versions leaves room for a replica that is still loading.
         """
-        kept = {self.latest_version(), self.pinned_version()}
-        doomed = [v for v in self.versions()[:-keep] if v not in kept] if keep > 0 else []
+        versions = self.versions()
+        kept = {self.latest_version(), self.pinned_version(), *(versions[-keep:] if keep > 0 else versions)}
+        kept |= {self._base_version(v) for v in kept if v is not None}  # a kept delta needs its base
+        doomed = [v for v in versions[:-keep] if v not in kept] if keep > 0 else []
         for version in doomed:
             shutil.rmtree(self.dir / version, ignore_errors=True)
         return doomed
@@ -191,12 +260,17 @@ class SnapshotWriter:
         if self.published is None:
             shutil.rmtree(self.staging, ignore_errors=True)
 
-    def write_items(self, item_ids: list[str], vectors: np.ndarray) -> None:
+    def write_items(self, item_ids: list[str], vectors: np.ndarray, hashes: list[str | None] | None = None) -> None:
+        """`hashes`: `text_hash` of the text each item was embedded from (item cycles compare them)."""
         _check_rows("item", item_ids, vectors)
         self._item_ids = list(item_ids)
         self._item_vectors = normalize(vectors)
-        pq.write_table(pa.table({"item_id": pa.array(self._item_ids, pa.string()),
-                                 "vector": vectors_to_arrow(self._item_vectors)}), self.staging / ITEMS)
+        columns = {"item_id": pa.array(self._item_ids, pa.string()), "vector": vectors_to_arrow(self._item_vectors)}
+        if hashes is not None:
+            if len(hashes) != len(item_ids):
+                raise SnapshotError(f"{len(item_ids)} items but {len(hashes)} text hashes")
+            columns[TEXT_HASH] = pa.array(list(hashes), pa.string())
+        pq.write_table(pa.table(columns), self.staging / ITEMS)
         pq.write_table(pa.table({"faiss_id": pa.array(np.arange(len(item_ids), dtype=np.int64)),
                                  "item_id": pa.array(self._item_ids, pa.string())}), self.staging / ITEM_ID_MAP)
 
@@ -294,12 +368,65 @@ def _sample_user_vectors(files: list[Path], limit: int) -> np.ndarray:
 # ---- reading (serving) -------------------------------------------------------------------------
 
 
+def base_ref(ref: SnapshotRef) -> SnapshotRef:
+    """The full snapshot a delta is over; `ref` itself for a full snapshot."""
+    base = ref.manifest.get("base")
+    return ref if base is None else SnapshotStore(ref.path.parent.parent.parent, ref.task).get(base)
+
+
+@dataclass(frozen=True)
+class ItemDelta:
+    """What an item delta changes in its base: new or changed items, and base items that left."""
+
+    item_ids: list[str]
+    vectors: np.ndarray
+    hashes: list[str | None]
+    deleted: list[str]
+
+
+def read_item_delta(ref: SnapshotRef) -> ItemDelta | None:
+    """The delta of an item-delta snapshot; None for a full snapshot."""
+    if ref.manifest.get("base") is None:
+        return None
+    table = pq.read_table(ref.path / ITEM_DELTA)
+    deleted = pq.read_table(ref.path / DELETED).column("item_id").to_pylist()
+    dim = int(ref.manifest["dim"])
+    vectors = vectors_from_arrow(table.column("vector")) if table.num_rows else np.zeros((0, dim), np.float32)
+    return ItemDelta(table.column("item_id").to_pylist(), vectors, table.column(TEXT_HASH).to_pylist(), deleted)
+
+
+def read_item_hashes(ref: SnapshotRef) -> dict[str, str | None]:
+    """item -> the text hash its vector was embedded from (None: not recorded), for every item
+    `ref` serves (a delta's effective catalogue)."""
+    base = base_ref(ref)
+    schema = pq.ParquetFile(base.path / ITEMS).schema_arrow.names
+    table = pq.read_table(base.path / ITEMS, columns=["item_id", TEXT_HASH] if TEXT_HASH in schema else ["item_id"])
+    ids = table.column("item_id").to_pylist()
+    hashes = table.column(TEXT_HASH).to_pylist() if TEXT_HASH in schema else [None] * len(ids)
+    out = dict(zip(ids, hashes, strict=True))
+    delta = read_item_delta(ref)
+    if delta is not None:
+        for item in delta.deleted:
+            out.pop(item, None)
+        out.update(zip(delta.item_ids, delta.hashes, strict=True))
+    return out
+
+
 def read_items(ref: SnapshotRef) -> tuple[list[str], np.ndarray]:
-    table = pq.read_table(ref.path / ITEMS)
-    return table.column("item_id").to_pylist(), vectors_from_arrow(table.column("vector"))
+    """(item ids, vectors) `ref` serves: a delta's are its base's that it keeps, then its own."""
+    base = base_ref(ref)
+    table = pq.read_table(base.path / ITEMS, columns=["item_id", "vector"])
+    ids, vectors = table.column("item_id").to_pylist(), vectors_from_arrow(table.column("vector"))
+    delta = read_item_delta(ref)
+    if delta is None:
+        return ids, vectors
+    gone = set(delta.deleted) | set(delta.item_ids)
+    keep = [n for n, item in enumerate(ids) if item not in gone]
+    return [ids[n] for n in keep] + delta.item_ids, np.concatenate([vectors[keep], delta.vectors])
 
 
 def read_users(ref: SnapshotRef) -> tuple[list[str], np.ndarray]:
+    ref = base_ref(ref)  # a delta serves its base's users
     files = sorted((ref.path / USERS).glob("*.parquet"))
     if not files:
         return [], np.zeros((0, int(ref.manifest["dim"])), dtype=np.float32)
@@ -310,6 +437,7 @@ def read_users(ref: SnapshotRef) -> tuple[list[str], np.ndarray]:
 def read_user_tails(ref: SnapshotRef) -> dict[str, list[str]]:
     """user -> sequence tail (oldest first) for snapshots that store them; {} for older ones."""
     tails: dict[str, list[str]] = {}
+    ref = base_ref(ref)
     for path in sorted((ref.path / USERS).glob("*.parquet")):
         if TAIL not in pq.ParquetFile(path).schema_arrow.names:
             continue
@@ -319,6 +447,8 @@ def read_user_tails(ref: SnapshotRef) -> dict[str, list[str]]:
 
 
 def read_index(ref: SnapshotRef) -> tuple[faiss.Index, IndexInfo]:
+    """The FAISS index of a full snapshot (of a delta: its base's; serving adds the delta to it)."""
+    ref = base_ref(ref)
     index = faiss.read_index(str(ref.path / INDEX))
     meta = ref.manifest["index"]
     known = {f.name for f in dataclasses.fields(IndexInfo)}  # a newer writer may record more
