@@ -9,6 +9,7 @@ an ML-1M-sized snapshot of fixed random vectors with each user's sequence tail, 
   `serve.user_vector_mode: snapshot`;
 - `u2i_realtime_*`: the same load after redeploying with `realtime`, while live events arrive
   for random users at a steady rate (so real-time vectors are recomputed as they go stale);
+  `--runs` rounds alternate the two modes, and each mode's latencies are pooled over its rounds;
 - `event_to_recall_*`: for many users, one at a time at a steady event rate, the time from
   producing an event to the first U2I answer that counts it (`live_events` grew), polled every 10 ms;
 - `new_item_to_recall_s`: the orchestrator runs as it does live (`Pipeline.run(follow=True)`:
@@ -44,7 +45,7 @@ sys.path.insert(0, str(_HERE.parent))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from benchmarks._stack import kafka_bootstrap  # noqa: E402
-from benchmarks.serve import ITEMS, USERS, Connection, open_loop, ray_cluster  # noqa: E402
+from benchmarks.serve import ITEMS, USERS, Connection, open_loop, percentiles, ray_cluster  # noqa: E402
 
 from precise.config import KafkaConfig, PreciseConfig  # noqa: E402
 from precise.events.producer import EventProducer  # noqa: E402
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--streaming-events", type=int, default=None,
                         help="test events of the streaming evaluation (default 2000, --quick 500)")
     parser.add_argument("--no-streaming-eval", action="store_true", help="skip the ML-100k streaming evaluation")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="alternating snapshot/realtime rounds; latencies are pooled over them")
     args = parser.parse_args()
     seconds = 10.0 if args.quick else 30.0
     probe_users = 50 if args.quick else 300
@@ -258,19 +261,29 @@ def main() -> None:
         def u2i(r: random.Random) -> dict:
             return {"user_id": f"u{r.randrange(USERS)}", "k": 10}
 
-        results = {}
-        for mode in ["snapshot", "realtime"]:
-            base = deploy(config(mode), config_path, port)
-            source = EventSource(kafka, args.event_rate, seed=7)
-            wait_serving(base, mode)
-            source.thread.start()
-            asyncio.run(open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, 2.0, seed=9))  # warm up
-            results[mode] = asyncio.run(open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, seconds,
-                                                  seed=1))
-            if mode == "realtime":
-                delays = asyncio.run(event_to_recall(kafka, port[0], probe_users, args.event_rate, seed=3))
-            source.stop.set()
-            source.thread.join()
+        # Alternating rounds (snapshot, realtime, snapshot, ...), each on a fresh deployment, so that
+        # a change in the machine's load falls on both modes rather than on one.
+        rounds: dict[str, list[dict]] = {"snapshot": [], "realtime": []}
+        latencies: dict[str, list[float]] = {"snapshot": [], "realtime": []}
+        delays: list[float] = []
+        for run in range(args.runs):
+            for mode in ["snapshot", "realtime"]:
+                base = deploy(config(mode), config_path, port)
+                source = EventSource(kafka, args.event_rate, seed=7 + run)
+                wait_serving(base, mode)
+                source.thread.start()
+                asyncio.run(open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, 2.0, seed=9))  # warm up
+                measured = asyncio.run(open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, seconds,
+                                                 seed=1 + run, keep_latencies=latencies[mode]))
+                measured["load_average_1m"] = round(os.getloadavg()[0], 1)
+                rounds[mode].append(measured)
+                if mode == "realtime" and run == 0:
+                    delays = asyncio.run(event_to_recall(kafka, port[0], probe_users, args.event_rate, seed=3))
+                source.stop.set()
+                source.thread.join()
+        results = {mode: {"requests": sum(r["requests"] for r in rounds[mode]),
+                          "failed": sum(r["failed"] for r in rounds[mode]),
+                          **percentiles(latencies[mode]), "rounds": rounds[mode]} for mode in rounds}
         print(json.dumps({"u2i": results}), file=sys.stderr)
         new_item = new_item_to_recall(config("realtime"), kafka, port[0], vecs, args.event_rate)
         print(json.dumps({"new_item": new_item}), file=sys.stderr)
@@ -287,6 +300,9 @@ def main() -> None:
         "u2i_snapshot_p50_ms": snap["p50_ms"], "u2i_snapshot_p99_ms": snap["p99_ms"],
         "u2i_realtime_p50_ms": rt["p50_ms"], "u2i_realtime_p99_ms": rt["p99_ms"],
         "realtime_over_snapshot_p99": round(rt["p99_ms"] / snap["p99_ms"], 2) if snap["p99_ms"] else None,
+        # the same ratio per round (a round: one snapshot and one realtime window back to back)
+        "realtime_over_snapshot_p99_rounds": [round(r["p99_ms"] / s["p99_ms"], 2) if s["p99_ms"] else None
+                                              for s, r in zip(snap["rounds"], rt["rounds"], strict=True)],
         "streaming_eval": streaming,
         "open_loop": {"snapshot": snap, "realtime": rt},
         "wall_s": round(time.perf_counter() - started, 1),

@@ -13,6 +13,11 @@ deploys serve/app.py and measures on loopback:
 - closed loop at fixed concurrency levels: U2I throughput and latency; `max_qps` is the best;
 - the baseline: in-process FAISS search of the same index with the same queries, one at a time.
 
+The measured phases run `--runs` times (default 3) on the same deployment; each figure in the
+JSON is the median of the runs, with min/median/max under `runs`, and the load average at start
+and end. `--ingress` picks Serve's HTTP ingress of the Ray head it starts (stack.ray.serve_ingress:
+haproxy, the default, or Serve's Python proxy).
+
 Ends with one JSON line.
 """
 
@@ -57,7 +62,7 @@ USERS, ITEMS = 6040, 3706  # MovieLens-1M
 
 
 @contextlib.contextmanager
-def ray_cluster(address: str | None, state: Path) -> Iterator[None]:
+def ray_cluster(address: str | None, state: Path, ingress: str = "haproxy") -> Iterator[None]:
     if address:
         os.environ["RAY_ADDRESS"] = address
         yield
@@ -65,7 +70,7 @@ def ray_cluster(address: str | None, state: Path) -> Iterator[None]:
     gcs = free_port()
     head = RayHead(state / "ray", gcs_port=gcs, dashboard_port=free_port(), client_port=free_port(),
                    agent_port=free_port(), metrics_port=free_port(), num_cpus=2,
-                   temp_dir=Path(f"/tmp/pr-bench-{gcs}"))
+                   temp_dir=Path(f"/tmp/pr-bench-{gcs}"), serve_ingress=ingress)
     head.start()
     os.environ.update(head.client_env())
     try:
@@ -127,8 +132,10 @@ async def _send(conn: Connection, path: str, body: dict) -> bool:
 
 
 async def open_loop(host: str, port: int, path: str, make_body: Callable[[random.Random], dict], rate: float,
-                    seconds: float, seed: int, connections: int = 64) -> dict[str, Any]:
-    """Requests at a fixed rate; latency counted from each request's scheduled send time."""
+                    seconds: float, seed: int, connections: int = 64,
+                    keep_latencies: list[float] | None = None) -> dict[str, Any]:
+    """Requests at a fixed rate; latency counted from each request's scheduled send time (also
+    appended to `keep_latencies`, for pooling over several calls)."""
     rng = random.Random(seed)
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
@@ -155,6 +162,8 @@ async def open_loop(host: str, port: int, path: str, make_body: Callable[[random
     elapsed = time.perf_counter() - start
     while not idle.empty():
         idle.get_nowait().close()
+    if keep_latencies is not None:
+        keep_latencies.extend(latencies)
     return {"rate": rate, "requests": count, "failed": failed, "achieved_qps": round(len(latencies) / elapsed, 1),
             **percentiles(latencies)}
 
@@ -183,6 +192,10 @@ async def closed_loop(host: str, port: int, path: str, make_body: Callable[[rand
     elapsed = time.perf_counter() - start
     return {"concurrency": concurrency, "requests": len(latencies) + failed, "failed": failed,
             "qps": round(len(latencies) / elapsed, 1), **percentiles(latencies)}
+
+
+def min_median_max(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": round(float(np.median(values)), 3), "max": max(values)}
 
 
 def inprocess(index_ref: Any, queries: np.ndarray, k: int) -> dict[str, Any]:
@@ -214,15 +227,18 @@ def main() -> None:
     parser.add_argument("--ray-address", help="use this Ray cluster instead of starting one")
     parser.add_argument("--topology", choices=["single", "split"], default="single",
                         help="serve.topology: HTTP into Recall directly, or via an Ingress deployment")
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
+                        help="stack.ray.serve_ingress of the Ray head started here (ignored with --ray-address)")
+    parser.add_argument("--runs", type=int, default=3, help="how often the measured phases run")
     args = parser.parse_args()
-    seconds = 10.0 if args.quick else 30.0
+    seconds = 8.0 if args.quick else 30.0
     events_per_user = args.events_per_user or (5 if args.quick else 20)
     levels = [int(c) for c in args.concurrency.split(",")]
     started = time.perf_counter()
     load_start = os.getloadavg()[0]  # other work on the machine skews every number: say how much
 
     with tempfile.TemporaryDirectory(prefix="precise-bench-serve-") as tmp, kafka_bootstrap() as bootstrap, \
-            ray_cluster(args.ray_address, Path(tmp)):
+            ray_cluster(args.ray_address, Path(tmp), args.ingress):
         import ray
         from ray import serve
 
@@ -274,30 +290,39 @@ def main() -> None:
         host = "127.0.0.1"
         asyncio.run(closed_loop(host, port, "/v1/recall/u2i", u2i, 4, 2.0, seed=99))  # warm up every path
         asyncio.run(closed_loop(host, port, "/v1/recall/u2i2i", u2i2i, 4, 2.0, seed=98))
-        u2i_open = asyncio.run(open_loop(host, port, "/v1/recall/u2i", u2i, args.rate, seconds, seed=1))
-        u2i2i_open = asyncio.run(open_loop(host, port, "/v1/recall/u2i2i", u2i2i, args.rate, seconds, seed=2))
-        closed = [asyncio.run(closed_loop(host, port, "/v1/recall/u2i", u2i, c, seconds / 2, seed=3))
-                  for c in levels]
-        baseline = inprocess(ref, vecs.users[np.random.default_rng(4).choice(USERS, 2000)], args.k)
+        runs = []
+        for run in range(args.runs):
+            u2i_open = asyncio.run(open_loop(host, port, "/v1/recall/u2i", u2i, args.rate, seconds, seed=1 + 10 * run))
+            u2i2i_open = asyncio.run(open_loop(host, port, "/v1/recall/u2i2i", u2i2i, args.rate, seconds,
+                                               seed=2 + 10 * run))
+            closed = [asyncio.run(closed_loop(host, port, "/v1/recall/u2i", u2i, c, seconds / 2, seed=3 + 10 * run))
+                      for c in levels]
+            baseline = inprocess(ref, vecs.users[np.random.default_rng(4 + run).choice(USERS, 2000)], args.k)
+            runs.append({"u2i_p50_ms": u2i_open["p50_ms"], "u2i_p99_ms": u2i_open["p99_ms"],
+                         "u2i2i_p50_ms": u2i2i_open["p50_ms"], "u2i2i_p99_ms": u2i2i_open["p99_ms"],
+                         "max_qps": max(c["qps"] for c in closed),
+                         "inprocess_p50_ms": baseline["p50_ms"], "inprocess_p99_ms": baseline["p99_ms"],
+                         "failed": u2i_open["failed"] + u2i2i_open["failed"] + sum(c["failed"] for c in closed),
+                         "open_loop": {"u2i": u2i_open, "u2i2i": u2i2i_open}, "closed_loop_u2i": closed,
+                         "load_average_1m": round(os.getloadavg()[0], 1)})
         serve.shutdown()
 
-    failed = u2i_open["failed"] + u2i2i_open["failed"] + sum(c["failed"] for c in closed)
+    spread = {key: min_median_max([r[key] for r in runs])
+              for key in ("u2i_p50_ms", "u2i_p99_ms", "u2i2i_p50_ms", "u2i2i_p99_ms", "max_qps",
+                          "inprocess_p50_ms", "inprocess_p99_ms")}
+    median = {key: value["median"] for key, value in spread.items()}
     result = {
         "benchmark": "serve",
         "quick": args.quick,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "users": USERS, "items": ITEMS, "dim": args.dim, "k": args.k, "index": ref.manifest["index"]["type"],
-        "rate_rps": args.rate, "topology": args.topology,
+        "rate_rps": args.rate, "topology": args.topology, "ingress": args.ingress if not args.ray_address else None,
         "load_average_1m": {"start": round(load_start, 1), "end": round(os.getloadavg()[0], 1)},
-        "u2i_p50_ms": u2i_open["p50_ms"], "u2i_p99_ms": u2i_open["p99_ms"],
-        "u2i2i_p50_ms": u2i2i_open["p50_ms"], "u2i2i_p99_ms": u2i2i_open["p99_ms"],
-        "max_qps": max(c["qps"] for c in closed),
-        "inprocess_p50_ms": baseline["p50_ms"], "inprocess_p99_ms": baseline["p99_ms"],
-        "http_over_inprocess_p50": round(u2i_open["p50_ms"] / baseline["p50_ms"], 1),
-        "failed_requests": failed,
-        "open_loop": {"u2i": u2i_open, "u2i2i": u2i2i_open},
-        "closed_loop_u2i": closed,
-        "inprocess": baseline,
+        **median,  # each figure: the median of the runs
+        "http_over_inprocess_p50": round(median["u2i_p50_ms"] / median["inprocess_p50_ms"], 1),
+        "failed_requests": sum(r["failed"] for r in runs),
+        "spread": spread,
+        "runs": runs,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result))

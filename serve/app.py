@@ -52,7 +52,7 @@ from precise.metrics import best_effort
 from precise.metrics.serve import ServeMetrics
 from precise.predict.embedder import set_thread_counts
 from precise.serving.edge import OPEN_PATHS, EdgeGuard, EdgeSettings, TokenBucket, is_loopback, required_token
-from precise.serving.realtime import RealtimeUsers
+from precise.serving.realtime import RealtimeUsers, RefreshAhead
 from precise.serving.recall import VectorError, fetch_size, merge_u2i2i, rank_u2i, require_finite
 from precise.serving.recent import RecentItems
 from precise.serving.schemas import (
@@ -124,32 +124,44 @@ class RecallCore:
                                   max_bytes=s.recent_max_bytes)
         self.realtime = RealtimeUsers(self.recent, s.realtime_cache_users)
         self.cold_text = TokenBucket(s.cold_text_rate_per_s, s.cold_text_burst)
+        self.metrics = ServeMetrics(_routes(), s.task)
+        store = SnapshotStore(cfg.storage.resolved_root(), s.task)
+        self.watcher = SnapshotWatcher(store, s.poll_interval_s, s.embedder_allowed_prefixes,
+                                       on_swap=self.metrics.swapped, on_refused=self.metrics.refused).start()
+        # realtime mode: a user's event starts recomputing their vector at once, off the request path
+        self.refresh: RefreshAhead | None = None
+        if s.user_vector_mode == "realtime" and s.realtime_refresh_queue > 0:
+            self.refresh = RefreshAhead(self.realtime, self._snapshot, s.realtime_refresh_queue).start()
         self.feed: KafkaRecentFeed | None = None
         if s.recent_enabled:
             self.feed = KafkaRecentFeed(self.recent, cfg.kafka.bootstrap_servers, cfg.kafka.events_topic,
                                         actions=s.recent_actions,
                                         backfill_per_partition=s.recent_backfill_per_partition,
-                                        client_options=cfg.kafka.client_options).start()
-        self.metrics = ServeMetrics(_routes(), s.task)
-        store = SnapshotStore(cfg.storage.resolved_root(), s.task)
-        self.watcher = SnapshotWatcher(store, s.poll_interval_s, s.embedder_allowed_prefixes,
-                                       on_swap=self.metrics.swapped, on_refused=self.metrics.refused).start()
+                                        client_options=cfg.kafka.client_options,
+                                        on_event=self.refresh.note if self.refresh else None).start()
 
     def check_health(self) -> None:
         if not self.watcher.alive():
             raise RuntimeError("the snapshot watcher thread has stopped")
         if self.feed is not None and not self.feed.alive():
             raise RuntimeError("the recent-items consumer thread has stopped")
+        if self.refresh is not None and not self.refresh.alive():
+            raise RuntimeError("the real-time refresh thread has stopped")
 
     def _stop(self) -> None:
         if getattr(self, "watcher", None) is not None:
             self.watcher.stop()
         if getattr(self, "feed", None) is not None:
             self.feed.stop(timeout=2)
+        if getattr(self, "refresh", None) is not None:
+            self.refresh.stop()
 
     async def version(self) -> dict[str, Any]:
         info = self.watcher.describe()
         info["recent_items"] = self.feed.stats() if self.feed else {"enabled": False}
+        info["realtime"] = {"user_vector_mode": self.cfg.user_vector_mode,
+                            **(self.refresh.stats() if self.refresh else
+                               {"cache_hits": self.realtime.hits, "cache_misses": self.realtime.misses})}
         return info
 
     # One search call for the requests that queued up while the previous batch ran: FAISS scans the

@@ -142,6 +142,22 @@ def test_health_version_and_openapi(service):
             "/v1/recall/u2i2i"} <= set(paths)
 
 
+def test_http_goes_through_the_heads_own_haproxy(service, ray_head):
+    """stack.ray.serve_ingress haproxy (the default): Ray's HAProxy, with this head's own config
+    file, listens on Serve's port and forwards to the replicas' HTTP servers."""
+    import psutil
+
+    port = int(service.url.rsplit(":", 1)[1])
+    config_files = list((ray_head.session_dir / "haproxy").glob("*/haproxy.cfg"))  # one per node
+    listeners = [c.pid for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert listeners, f"nothing listens on {port}"
+    owners = [psutil.Process(pid) for pid in listeners if pid]
+    assert any("haproxy" in Path(o.exe()).name for o in owners), [o.cmdline() for o in owners]
+    assert len(config_files) == 1 and f"bind 127.0.0.1:{port}" in config_files[0].read_text()
+    assert service.get("/v1/version").status_code == 200
+
+
 def test_u2i_exact_index_equals_brute_force(service):
     vecs = service.vectors["000001"]
     for user in ["u7", "u42"]:  # no recent items: nothing to exclude

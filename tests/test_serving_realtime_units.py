@@ -5,12 +5,13 @@ the user's next event."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
 from precise.predict.demo import publish_random_snapshot
 from precise.predict.embedders import TableEmbedder
-from precise.serving.realtime import RealtimeUsers, live_sequence
+from precise.serving.realtime import RealtimeUsers, RefreshAhead, live_sequence
 from precise.serving.recent import RecentItems
 from precise.serving.state import NotFoundError, load_served_snapshot
 from precise.store.snapshots import read_user_tails
@@ -76,3 +77,39 @@ def test_embed_sequences_batches_what_embed_sequence_does_one_by_one(tmp_path):
     batched = dataclasses.replace(snapshot, embedder=Batched(**ref.manifest["embedder"]["kwargs"]))
     both = batched.embed_sequences([sequences[0], sequences[2]])
     assert Batched.calls == 1 and np.allclose(both[0], got[0]) and np.allclose(both[1], got[2])
+
+
+def test_refresh_ahead_caches_the_vector_a_request_would_compute(tmp_path):
+    tails = {"u0": ["i1", "i2"], "u1": ["i3"]}
+    ref, _ = publish_random_snapshot(tmp_path, "t", users=3, items=30, dim=8, seed=4, model_version="m-1",
+                                     tails=tails, sequences_until_ms=1_000)
+    snapshot = load_served_snapshot(ref)
+    recent = RecentItems(max_users=10, per_user=10)
+    rt = RealtimeUsers(recent)
+    refresh = RefreshAhead(rt, lambda: snapshot, max_queued=2)
+    recent.add("u0", "i5", 1_500)
+    recent.add("u2", "i6", 500)  # before the snapshot: nothing live, nothing to compute
+    recent.add("ghost", "i6", 1_500)  # not in the snapshot: answered from recent items, not cached
+    for user in ("u0", "u2", "ghost"):
+        refresh.note(user)
+    assert refresh.stats()["refresh_dropped"] == 1  # the queue holds 2: the oldest (u0) was dropped
+    refresh.start()
+    try:
+        deadline = time.monotonic() + 10
+        while refresh.stats()["refresh_queued"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert refresh.refreshed == 0  # u2 and ghost: nothing the request path would cache
+        refresh.note("u0")
+        while refresh.refreshed < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        live, newest = rt.live(snapshot, "u0")
+        cached = rt.cached(snapshot, "u0", live, newest)
+        assert refresh.refreshed == 1 and cached is not None
+        assert np.allclose(cached, snapshot.embed_sequence(rt.sequence(snapshot, "u0", live))[0], atol=1e-6)
+        assert rt.cached(snapshot, "u2", *rt.live(snapshot, "u2")) is None
+        recent.add("u0", "i7", 1_600)  # a newer event: the cached vector no longer matches the key
+        live, newest = rt.live(snapshot, "u0")
+        assert rt.cached(snapshot, "u0", live, newest) is None
+    finally:
+        refresh.stop()
+    assert not refresh.alive()

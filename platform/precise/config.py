@@ -68,6 +68,8 @@ class LocalRayConfig(Section):
     agent_port: int = 52365  # dashboard agent
     metrics_port: int = 8090  # Prometheus metrics (http://127.0.0.1:<port>/metrics)
     num_cpus: int = Field(2, ge=1)  # logical CPUs the head offers to tasks and actors
+    # Serve's HTTP ingress: haproxy (Ray's HAProxy straight to the replicas) | proxy (Serve's Python proxy)
+    serve_ingress: Literal["haproxy", "proxy"] = "haproxy"
 
 
 class StackConfig(Section):
@@ -475,6 +477,9 @@ class ServeConfig(Section):
     # with the snapshot's model, cached until the user's next event
     user_vector_mode: Literal["snapshot", "realtime"] = "snapshot"
     realtime_cache_users: int = Field(100_000, ge=1)  # real-time vectors kept per replica (LRU)
+    # realtime: recompute a user's vector in the background when their event arrives (not at their
+    # next request); at most this many users wait for it, the oldest dropped (0: off, compute lazily)
+    realtime_refresh_queue: int = Field(10_000, ge=0)
     # Embedders are imported by the path a snapshot's manifest names: only from these packages.
     embedder_allowed_prefixes: list[str] = Field(default_factory=lambda: ["precise."])
     ingress: DeploymentScaling = Field(default_factory=lambda: DeploymentScaling(max_ongoing_requests=256))

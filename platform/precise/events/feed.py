@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from precise.events.schema import MAX_ID_CHARS
@@ -53,8 +54,10 @@ class KafkaRecentFeed:
 
     def __init__(self, recent: RecentSink, bootstrap_servers: str, topic: str,
                  actions: list[str] | None = None, backfill_per_partition: int = 100_000,
-                 client_options: dict[str, Any] | None = None) -> None:
+                 client_options: dict[str, Any] | None = None,
+                 on_event: Callable[[str], None] | None = None) -> None:
         self.recent = recent
+        self.on_event = on_event  # called with the user id after each event is added
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.actions = set(actions) if actions else None
@@ -167,3 +170,5 @@ class KafkaRecentFeed:
             return
         self.recent.add(user, item, ts)
         self.consumed += 1
+        if self.on_event is not None:
+            self.on_event(user)

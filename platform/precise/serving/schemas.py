@@ -118,6 +118,7 @@ class VersionResponse(BaseModel):
     swaps: int = 0
     last_error: str | None = None
     recent_items: dict[str, Any] | None = None
+    realtime: dict[str, Any] | None = None  # user_vector_mode and the real-time vector cache's counts
 
 
 class HealthResponse(BaseModel):

@@ -27,7 +27,7 @@ class LocalStack:
         r = config.ray
         self.ray = RayHead(self.state_dir / "ray", gcs_port=r.gcs_port, dashboard_port=r.dashboard_port,
                            client_port=r.client_port, agent_port=r.agent_port, metrics_port=r.metrics_port,
-                           num_cpus=r.num_cpus)
+                           num_cpus=r.num_cpus, serve_ingress=r.serve_ingress)
 
     @property
     def env_file(self) -> Path:

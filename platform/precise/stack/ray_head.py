@@ -4,6 +4,12 @@
 stopping it stops exactly this cluster. The auth token lives in the state folder; every client
 (ray.init, `ray job submit`, the dashboard's HTTP API) needs `RAY_AUTH_MODE=token` and
 `RAY_AUTH_TOKEN_PATH` pointing at it, which `client_env()` provides.
+
+Serve's HTTP ingress is chosen when the head starts (Ray reads it from the environment of its
+processes): `haproxy` (the default) puts Ray's bundled HAProxy on Serve's HTTP port, forwarding
+straight to the replicas' own HTTP servers (Ray's "direct ingress", with its throughput-optimised
+settings); `proxy` is Serve's Python proxy actor, one more process and actor call per request.
+docs/performance.md has the measurements behind the default.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from precise.paths import precise_home, repo_root
 from precise.stack.process import (
     StackError,
+    free_port,
     log_tail,
     recorded_process,
     require_free_ports,
@@ -47,6 +54,7 @@ class RayHead:
     num_cpus: int = 2
     host: str = "127.0.0.1"
     temp_dir: Path | None = None  # Ray's session dir; keep short (unix socket path limit)
+    serve_ingress: str = "haproxy"  # haproxy | proxy (stack.ray.serve_ingress)
 
     @property
     def address(self) -> str:
@@ -67,6 +75,11 @@ class RayHead:
     @property
     def log_path(self) -> Path:
         return self.state_dir / "ray-start.log"
+
+    @property
+    def session_dir(self) -> Path:
+        """Ray's --temp-dir for this head (HAProxy's config lives in its `haproxy` folder)."""
+        return self.temp_dir or Path("/tmp") / f"precise-ray-{self.gcs_port}"
 
     def running(self) -> bool:
         return recorded_process(self.pid_path) is not None
@@ -97,6 +110,32 @@ class RayHead:
             LOOPBACK_ENV: "0",
         }
 
+    def serve_ingress_env(self, temp_dir: Path) -> dict[str, str]:
+        """Environment that selects Serve's HTTP ingress for every process of this cluster."""
+        if self.serve_ingress == "proxy":
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+        if self.serve_ingress != "haproxy":
+            raise StackError(f"stack.ray.serve_ingress must be haproxy or proxy, not {self.serve_ingress!r}")
+        # HAProxy's side ports default to fixed numbers (8404, 9101): give this head its own, so a
+        # test cluster or a benchmark can run beside the stack; its files (which Ray puts in a
+        # folder per node) go in this head's session dir, removed with it.
+        haproxy = temp_dir / "haproxy"
+        haproxy.mkdir(parents=True, exist_ok=True)
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            # (replicas bind their own HTTP servers to http_options.host, as the proxy would)
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(self.host)),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(self.host)),
+            # A replica being replaced waits this long for load balancers to drop it; HAProxy on
+            # the same node learns it at once from the controller (Ray's default is 30 s).
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        }
+
     def start(self, timeout: float = 120.0) -> None:
         """Start the head (idempotent); wait until the dashboard answers with the token and the
         metrics endpoint answers."""
@@ -110,7 +149,7 @@ class RayHead:
         require_free_ports(self.host, ports, "another Ray? (`ray status`); stop it or set other ports in the "
                                              "stack config")
         self.ensure_token()
-        temp_dir = self.temp_dir or Path("/tmp") / f"precise-ray-{self.gcs_port}"
+        temp_dir = self.session_dir
         cmd = [ray, "start", "--head", "--block", f"--node-ip-address={self.host}",
                f"--port={self.gcs_port}", "--include-dashboard=true",
                f"--dashboard-host={self.host}", f"--dashboard-port={self.dashboard_port}",
@@ -118,7 +157,7 @@ class RayHead:
                f"--dashboard-agent-listen-port={self.agent_port}",
                f"--metrics-export-port={self.metrics_port}",
                f"--num-cpus={self.num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-        env = {**os.environ, **self.client_env()}
+        env = {**os.environ, **self.client_env(), **self.serve_ingress_env(temp_dir)}
         env.pop("RAY_ADDRESS")  # the head must not try to join a cluster
         # Jobs run from a copy of the working dir (`ray job submit --working-dir .`) and Serve
         # replicas from the head's environment: pin the platform's home so all of them find the
