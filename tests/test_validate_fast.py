@@ -39,7 +39,7 @@ def dumps(n: int, ascii_only: bool = False, **changes: object) -> bytes:
     return json.dumps({k: v for k, v in event.items() if v is not ...}, ensure_ascii=ascii_only).encode()
 
 
-def _block(records: list[tuple[str, bytes | None]]) -> pa.Table:
+def _block(records: list[tuple[str, bytes | None]], kafka_ts: int = NOW_MS) -> pa.Table:
     n = len(records)
     return pa.table({
         "offset": pa.array(range(n), pa.int64()),
@@ -47,7 +47,7 @@ def _block(records: list[tuple[str, bytes | None]]) -> pa.Table:
         "value": pa.array([v for _, v in records], pa.binary()),
         "topic": pa.array([t for t, _ in records], pa.string()),
         "partition": pa.array([0] * n, pa.int32()),
-        "timestamp": pa.array([NOW_MS] * n, pa.int64()),
+        "timestamp": pa.array([kafka_ts] * n, pa.int64()),
     })
 
 
@@ -176,3 +176,16 @@ def test_fast_path_keeps_the_block_order_and_columns():
     reasons = np.array([r is None for r in out.column("reason").to_pylist()])
     assert reasons.tolist() == [bool(i % 3) for i in range(300)]
     assert out.column("event_id").to_pylist()[1] == "e1" and out.column("ts").to_pylist()[1] == BASE["ts"]
+
+
+def test_fast_path_agrees_at_the_event_time_limit():
+    """The limit is the later of the clock and the record's Kafka timestamp, plus the allowance; a
+    broker timestamp far ahead of this clock makes it exact, so each side of it is tested."""
+    stamped = NOW_MS + 10 * DAY_MS
+    limit = stamped + DAY_MS
+    records = [("ev", canonical(i, ts=ts)) for i, ts in enumerate(
+        [limit - 5_000, limit - 1_001, limit - 999, limit - 1, limit, limit + 1, limit + 1_000, limit + 5_000])]
+    block = _block(records * 4, kafka_ts=stamped)
+    rows = _assert_same(block)
+    assert [row["reason"] is None for row in rows[:8]] == [True] * 5 + [False] * 3
+    assert {0, 1} <= _accepted_fast(block)
