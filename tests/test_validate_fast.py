@@ -122,6 +122,12 @@ MIXED: list[tuple[str, bytes | None]] = [
     ("it", b'{"item_id": "i3"}'), ("other", canonical(16)),
 ]
 assert canonical(0) == BehaviorEvent.model_validate({**BASE, "event_id": "e0"}).to_json_bytes()
+_SHAPE = b'{"event_id":"n","user_id":"u","item_id":"i","scene":"s","action":"like","ts":'
+MIXED += [("ev", _SHAPE + ts + b"}") for ts in (b"+5", b".5", b"5.", b"0x10", b"Infinity", b"1_000", b"5e0",
+                                               b"9223372036854775807", b"1700000000000.0")]
+MIXED += [("ev", _SHAPE + b'5,"value":' + value + b"}") for value in (
+    b"1e30", b"100000000000000000000000000000", b"-0", b"1.7976931348623157e308", b"2.2250738585072014e-308",
+    b"0.1e-400", b"+1", b"1.", b".1", b"01", b"1e", b"true", b"null", b"Infinity", b"nan")]
 MUST_BE_FAST = {i for i, (topic, raw) in enumerate(MIXED[:12]) if topic == "ev"}
 
 
