@@ -55,7 +55,7 @@ def read_partition(bootstrap_servers: str, options: dict[str, Any], topic: str, 
             at_eof = False
             if msgs and msgs[-1].offset() < end and all(msg.error() is None for msg in msgs):
                 # the usual case: records only, all inside the range (offsets rise within a
-                # partition), taken a column at a time (this loop is per record: about a third less)
+                # partition), taken a column at a time: fewer Python steps per record than the loop
                 rows["offset"] += [msg.offset() for msg in msgs]
                 rows["key"] += [msg.key() for msg in msgs]
                 rows["value"] += [msg.value() for msg in msgs]
