@@ -1,6 +1,6 @@
 """Ingest throughput vs a bare consumer on the same topic, and produce-to-lake lag, in one run.
 
-    python benchmarks/ingest.py [--quick]      # --quick: ML-100k (else ML-1M)
+    python benchmarks/ingest.py [--quick] [--runs N]   # --quick: ML-100k (else ML-1M); N: 3 with --quick
 
 1. Replays the dataset into fresh topics (not timed here: benchmarks/replay.py measures that).
 2. Bare baseline: a confluent-kafka consumer (the client Ray's reader uses) reading every record of
@@ -8,6 +8,9 @@
 3. Ingest: the real pipeline (Ray Data read_kafka -> validation -> dedupe -> Parquet lake ->
    ledger), from an empty lake to the end of both topics, Ray workers warmed up first on a small
    topic (a continuous job keeps them warm). ratio = ingest events/s / bare consumer events/s.
+   Steps 2 and 3 run N times back to back on the same topic (each ingest into a fresh lake); the
+   figures are medians with min / max, `ratio` the median of the per-run ratios. The load average
+   at start and end says whether the machine was idle.
 4. Lag: the continuous job (0.5 s poll interval) runs while events are produced at a steady rate;
    for each event, lag = the moment the ledger first covers its offset (a reader polls the ledger
    every 20 ms) minus its Kafka timestamp (set by the producer). p50 and p99 over all of them.
@@ -22,6 +25,8 @@ import argparse
 import contextlib
 import json
 import logging
+import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -167,11 +172,25 @@ def ray_session() -> Iterator[None]:
         ray.shutdown()
 
 
+def spread(values: list[float], digits: int = 4) -> dict[str, float]:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ML-100k instead of ML-1M")
+    parser.add_argument("--runs", type=int, default=None, help="measured runs (default: 3 with --quick, else 1)")
     args = parser.parse_args()
+    runs = args.runs if args.runs is not None else (3 if args.quick else 1)
+    if runs < 1:
+        parser.error("--runs must be at least 1")
     logging.basicConfig(level=logging.WARNING)
+    load_start = load_average()
     dataset = load_movielens("ml-100k" if args.quick else "ml-1m")
     with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="precise-bench-ingest-") as tmp, \
             ray_session():
@@ -183,20 +202,33 @@ def main() -> None:
 
         kafka = topics(bootstrap, "main")
         replayed = replay(dataset, kafka, progress=False)
-        bare_count, bare_rate = bare_consumer(kafka)
-        seconds, stats = ingest_all(config_for(kafka, f"{tmp}/lake"))
-        assert stats["events"] == len(dataset.events) == bare_count, (stats, bare_count)
-        ingest_rate = stats["events"] / seconds
+        measured = []
+        for run in range(runs):  # each run: the bare consumer, then the ingest, back to back
+            bare_count, bare_rate = bare_consumer(kafka)
+            seconds, stats = ingest_all(config_for(kafka, f"{tmp}/lake{run}"))
+            assert stats["events"] == len(dataset.events) == bare_count, (stats, bare_count)
+            measured.append({"bare": bare_rate, "ingest": stats["events"] / seconds, "seconds": seconds, **stats})
+            print(f"run {run + 1}/{runs}: ingest {measured[-1]['ingest']:,.0f} ev/s, bare consumer "
+                  f"{bare_rate:,.0f} ev/s, ratio {measured[-1]['ingest'] / bare_rate:.3f}", file=sys.stderr)
         lag = measure_lag(bootstrap, f"{tmp}/lag", rate=500.0 if args.quick else 1_000.0,
                           seconds=20.0 if args.quick else 30.0)
+    ratios = [m["ingest"] / m["bare"] for m in measured]
+    median = {key: statistics.median(m[key] for m in measured)
+              for key in ("ingest", "bare", "seconds", "read_s", "write_s", "batches", "files")}
+    ingest_rate, bare_rate = median["ingest"], median["bare"]
     summary = {
         "dataset": dataset.name, "events": len(dataset.events), "ingest_events_per_s": round(ingest_rate, 1),
-        "bare_consumer_events_per_s": round(bare_rate, 1), "ratio": round(ingest_rate / bare_rate, 4),
-        "ingest_s": round(seconds, 2), "ingest_read_validate_s": round(stats["read_s"], 2),
-        "ingest_write_commit_s": round(stats["write_s"], 2), "ingest_batches": stats["batches"],
-        "lake_files": stats["files"], "replay_events_per_s": round(replayed.events_per_s, 1), **lag,
+        "bare_consumer_events_per_s": round(bare_rate, 1), "ratio": round(statistics.median(ratios), 4),
+        "ingest_s": round(median["seconds"], 2), "ingest_read_validate_s": round(median["read_s"], 2),
+        "ingest_write_commit_s": round(median["write_s"], 2), "ingest_batches": median["batches"],
+        "lake_files": median["files"], "replay_events_per_s": round(replayed.events_per_s, 1), **lag,
+        "runs": runs, "ratio_spread": spread(ratios),
+        "ingest_events_per_s_spread": spread([m["ingest"] for m in measured], 1),
+        "bare_consumer_events_per_s_spread": spread([m["bare"] for m in measured], 1),
+        "ingest_s_spread": spread([m["seconds"] for m in measured], 3),
+        "load_avg_start": load_start, "load_avg_end": load_average(),
     }
-    print(f"ingest {ingest_rate:,.0f} ev/s vs bare consumer {bare_rate:,.0f} ev/s ({dataset.name}); "
+    print(f"ingest {ingest_rate:,.0f} ev/s vs bare consumer {bare_rate:,.0f} ev/s ({dataset.name}, median of {runs}); "
           f"lag p50 {lag['lag_p50_s']} s, p99 {lag['lag_p99_s']} s at {lag['lag_rate_per_s']:.0f} ev/s")
     print(json.dumps(summary))
 
