@@ -88,9 +88,9 @@ DDP_OPTIONS: dict[str, Any] = {"find_unused_parameters": False, "forward_sync_bu
 def set_worker_threads(threads: int) -> None:
     """`training.threads_per_worker` torch threads in this worker, intra-op and inter-op, and the
     same for OpenMP/MKL in anything started from it. Ray sets OMP_NUM_THREADS from the worker's
-    CPU reservation (1 below 1 CPU) before torch loads; set explicitly here so a fractional
-    `cpus_per_worker` cannot leave torch's default of one thread per core in each worker, which
-    oversubscribes the cores as soon as two workers share a node."""
+    CPU reservation (floor, at least 1) before torch loads, but torch's inter-op pool defaults to
+    one thread per core whatever it says: set both, so that N workers on a node run N x
+    threads_per_worker threads, not N x its cores."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     torch.set_num_threads(threads)
