@@ -10,18 +10,25 @@ head on free ports, replays the dataset into fresh topics, then, on one storage 
    Train, 1 worker, warm-started from that universal version). The replay before it is the
    producers' side and is not included; nor is cluster start-up. The pipeline
    (`jobs/pipeline.py`) runs the same stages in this order.
-2. universal training again with 2 workers (DDP over gloo), from scratch;
-3. the same recipe's `fit` in this process, without Ray (`precise.train.recipe.fit`), on the same
-   lake's samples, model and train config, at 1 torch thread (= one Ray Train worker) and 2.
+2. then `--runs` times, back to back: the same recipe's `fit` in this process, without Ray
+   (`precise.train.recipe.fit`, the plain loop) on the same lake's samples, model and train
+   config at 1 torch thread (= one Ray Train worker); universal training from scratch with Ray
+   Train at 1 worker and at 2 workers (DDP over gloo); the plain loop at 2 torch threads.
 
 samples/s = training sequences (one next-item window per user) per second of the *last* epoch's
-training loop (the first epoch is a warm-up); for the Ray job that is the loop inside the worker,
-Ray Data streaming included, the per-epoch evaluation and checkpoint excluded (as for the plain
-loop, which does not evaluate here). `*_job_s` is the whole `run_training` call (prepare, worker
-start-up, every epoch with its evaluation and checkpoint, registration). Every worker gets
-`cpus_per_worker: 0.5` and 1 torch thread, so two workers fit a 2-CPU head beside Ray Data's tasks.
-Text model: `hashed` by default (no LLM encoding inside the cycle; `--text-model minilm` to include
-it). Ends with one JSON line; also records the 1-minute load average before and after.
+training loop (the first epoch is a warm-up); for the Ray job that is the same `recipe.fit` loop
+inside the worker (over the payload Ray's object store holds: no Ray Data in the loop), the
+per-epoch evaluation and checkpoint excluded (as for the plain loop, which does not evaluate
+here). `*_job_s` is the whole `run_training` call (prepare, worker start-up, every epoch with its
+evaluation and checkpoint, registration). Every worker gets `cpus_per_worker: 0.5` and 1 torch
+thread, so two workers fit the 2-CPU head. Text model: `hashed` by default (no LLM encoding inside
+the cycle; `--text-model minilm` to include it).
+
+`--runs N` (default 3 with --quick, else 1): step 2 N times; each run's ratios divide by the plain
+loop of that run. The JSON keeps one value per figure (the
+median of the runs; a ratio's is the median of the per-run ratios) and adds `runs`: per figure
+min / median / max and every run's value. Ends with one JSON line; records the 1-minute load
+average at the start and the end.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -96,11 +104,33 @@ def plain_samples_per_s(setup: Any, threads: int) -> float:
     return next(r for r in reversed(progress.history) if "samples_per_s" in r)["samples_per_s"]
 
 
+def run_figures(plain_1: float, plain_2: float, one: Any, two: Any) -> dict[str, float]:
+    """One run's figures; its ratios divide by the plain loop of the same run."""
+    ray_1, ray_2 = one.metrics["samples_per_s"], two.metrics["samples_per_s"]
+    return {
+        "plain_samples_per_s": round(plain_1, 1),
+        "plain_2_threads_samples_per_s": round(plain_2, 1),
+        "ray_1_worker_samples_per_s": round(ray_1, 1),
+        "ray_2_workers_samples_per_s": round(ray_2, 1),
+        "ray_1_worker_vs_plain": round(ray_1 / plain_1, 3),
+        "ray_2_workers_vs_plain": round(ray_2 / plain_1, 3),
+        "ray_1_worker_job_s": round(one.seconds, 1),
+        "ray_2_workers_job_s": round(two.seconds, 1),
+        "val_ndcg_at_10_1_worker": round(one.metrics["val_ndcg_at_10"], 4),
+        "val_ndcg_at_10_2_workers": round(two.metrics["val_ndcg_at_10"], 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ML-100k and a small model (else ML-1M)")
     parser.add_argument("--text-model", default="hashed", help="precise.text model for the token table")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="measure each throughput figure this many times (default: 3 with --quick, else 1)")
     args = parser.parse_args()
+    runs = args.runs if args.runs is not None else (3 if args.quick else 1)
+    if runs < 1:
+        parser.error("--runs must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load_before = os.getloadavg()[0]
     dataset = load_movielens("ml-100k" if args.quick else "ml-1m")
@@ -130,42 +160,47 @@ def main() -> None:
             targeted = run_training(config, "targeted", num_workers=1)
             cycle_wall_s = time.monotonic() - started
 
-            two = run_training(config, "universal", full=True, num_workers=2)
             setup = plain_setup(config)
-            plain_1 = plain_samples_per_s(setup, threads=1)
-            plain_2 = plain_samples_per_s(setup, threads=2)
+            measured: list[dict[str, float]] = []
+            for n in range(runs):
+                # One run: the plain loop and the Ray jobs back to back, so its ratios share one load.
+                plain_1 = plain_samples_per_s(setup, threads=1)
+                one = run_training(config, "universal", full=True, num_workers=1)
+                two = run_training(config, "universal", full=True, num_workers=2)
+                plain_2 = plain_samples_per_s(setup, threads=2)
+                measured.append(run_figures(plain_1, plain_2, one, two))
+                print(f"run {n + 1}/{runs}: " + json.dumps(measured[-1]), file=sys.stderr, flush=True)
         finally:
             if ray.is_initialized():
                 ray.shutdown()
             head.stop()
             shutil.rmtree(head.temp_dir, ignore_errors=True)
 
-    ray_1, ray_2 = universal.metrics["samples_per_s"], two.metrics["samples_per_s"]
+    spread = {key: {"min": min(values), "median": statistics.median(values), "max": max(values), "values": values}
+              for key in measured[0] for values in [[run[key] for run in measured]]}
     out.update({
         "samples_per_epoch": len(setup.payload.samples),
         "model": QUICK_MODEL if args.quick else "ModelConfig defaults",
         "epochs": config.training.universal.epochs,
-        "plain_samples_per_s": round(plain_1, 1),
-        "plain_2_threads_samples_per_s": round(plain_2, 1),
-        "ray_1_worker_samples_per_s": round(ray_1, 1),
-        "ray_2_workers_samples_per_s": round(ray_2, 1),
-        "ray_1_worker_vs_plain": round(ray_1 / plain_1, 3),
-        "ray_2_workers_vs_plain": round(ray_2 / plain_1, 3),
-        "ray_1_worker_job_s": round(universal.seconds, 1),
-        "ray_2_workers_job_s": round(two.seconds, 1),
+        # the medians of the runs (the validation metrics go under val_ndcg_at_10 below)
+        **{key: figures["median"] for key, figures in spread.items() if not key.startswith("val_")},
+        "runs": {"count": runs, **spread},
         "ingest_s": round(ingest_s, 1),
         "universal_s": round(universal.seconds, 1),
         "targeted_s": round(targeted.seconds, 1),
         "cycle_wall_s": round(cycle_wall_s, 1),
         "cycle_includes": "ingest once + universal (Ray Train, 1 worker) + targeted (Ray Train, 1 worker)",
         "ingested_events": ingest["events"],
-        "val_ndcg_at_10": {"ray_1_worker": round(universal.metrics["val_ndcg_at_10"], 4),
-                           "ray_2_workers": round(two.metrics["val_ndcg_at_10"], 4)},
+        "val_ndcg_at_10": {"cycle_universal": round(universal.metrics["val_ndcg_at_10"], 4),
+                           "ray_1_worker": spread["val_ndcg_at_10_1_worker"]["median"],
+                           "ray_2_workers": spread["val_ndcg_at_10_2_workers"]["median"]},
         "load_avg_1m": {"before": round(load_before, 1), "after": round(os.getloadavg()[0], 1)},
         "cpus": os.cpu_count(),
     })
-    print(f"plain {plain_1:,.0f} samples/s (2 threads {plain_2:,.0f}); Ray Train 1 worker {ray_1:,.0f}, "
-          f"2 workers {ray_2:,.0f}; cycle {cycle_wall_s:,.0f} s ({dataset.name})")
+    print(f"plain {out['plain_samples_per_s']:,.0f} samples/s (2 threads {out['plain_2_threads_samples_per_s']:,.0f}); "
+          f"Ray Train 1 worker {out['ray_1_worker_samples_per_s']:,.0f} ({out['ray_1_worker_vs_plain']:.2f}x), "
+          f"2 workers {out['ray_2_workers_samples_per_s']:,.0f} ({out['ray_2_workers_vs_plain']:.2f}x): medians of "
+          f"{runs} run(s); cycle {cycle_wall_s:,.0f} s ({dataset.name})")
     print(json.dumps(out))
 
 

@@ -187,7 +187,9 @@ class TrainingConfig(Section):
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP over gloo on CPU, nccl on GPU)
     cpus_per_worker: float = Field(1.0, gt=0)  # logical CPUs reserved per Ray Train worker
     use_gpu: bool = False  # one GPU per Ray Train worker
-    threads_per_worker: int = Field(1, ge=1)  # torch threads in each worker
+    # torch intra-op and inter-op threads (and OMP/MKL_NUM_THREADS) in each worker: with N workers on
+    # a node, N x threads_per_worker should not exceed its cores (docs/performance.md)
+    threads_per_worker: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint
 
     @model_validator(mode="after")

@@ -39,7 +39,8 @@ from precise.store.registry import ModelRegistry, ModelVersion
 from precise.train import recipe
 from precise.train.recipe import Progress, Resume, Start, TrainingError
 
-__all__ = ["TrainingError", "TrainingFailed", "TrainingRun", "run_training", "scaling_config"]
+__all__ = ["DDP_OPTIONS", "TrainingError", "TrainingFailed", "TrainingRun", "run_training", "scaling_config",
+           "set_worker_threads"]
 
 
 class TrainingFailed(TrainingError):
@@ -70,13 +71,43 @@ def _load_checkpoint(directory: str) -> Resume:
                   best_state=load_file(best) if os.path.exists(best) else None, progress=progress)
 
 
+# How a worker wraps the model in DDP when there are several (tests/test_ddp.py checks the
+# gradients are the workers' average with these):
+# * find_unused_parameters off: every trainable parameter of every model variant gets a gradient in
+#   every step (the MoE computes all experts and zero-weights the unchosen ones), so the extra
+#   autograd-graph traversal per step would find nothing; a variant that leaves one unused fails
+#   loudly in its second step, and tests/test_ddp.py checks every variant.
+# * forward_sync_buffers off: the only buffer is the token mask, fixed for the whole run, and DDP
+#   still copies rank 0's at wrap time; broadcasting it before every forward adds a collective,
+#   and with it a point where every worker waits for the slowest, to each step.
+# * gradient_as_bucket_view: gradients live in the allreduce buckets (no copy in and out per step).
+DDP_OPTIONS: dict[str, Any] = {"find_unused_parameters": False, "forward_sync_buffers": False,
+                               "gradient_as_bucket_view": True}
+
+
+def set_worker_threads(threads: int) -> None:
+    """`training.threads_per_worker` torch threads in this worker, intra-op and inter-op, and the
+    same for OpenMP/MKL in anything started from it. Ray sets OMP_NUM_THREADS from the worker's
+    CPU reservation (floor, at least 1) before torch loads, but torch's inter-op pool defaults to
+    one thread per core whatever it says: set both, so that N workers on a node run N x
+    threads_per_worker threads, not N x its cores."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != threads:
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:  # only settable before the first inter-op work (a restarted loop in the same worker)
+            pass
+
+
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     """The Ray Train loop: `recipe.fit` on this worker's share, checkpointed and reported per epoch."""
     import ray
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(cfg["threads"])
+    set_worker_threads(cfg["threads"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     payload: recipe.Payload = ray.get(cfg["payload"])
@@ -87,9 +118,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             resume = _load_checkpoint(directory)
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        # Unchosen experts get no gradient in a step, hence find_unused_parameters.
-        return ray.train.torch.prepare_model(module, move_to_device=False,
-                                             parallel_strategy_kwargs={"find_unused_parameters": True})
+        return ray.train.torch.prepare_model(module, move_to_device=False, parallel_strategy_kwargs=dict(DDP_OPTIONS))
 
     def agree(stop: bool) -> bool:
         if world == 1:
