@@ -272,9 +272,9 @@ def main() -> None:
                 source = EventSource(kafka, args.event_rate, seed=7 + run)
                 wait_serving(base, mode)
                 source.thread.start()
-                asyncio.run(open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, 2.0, seed=9))  # warm up
-                measured = asyncio.run(open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, seconds,
-                                                 seed=1 + run, keep_latencies=latencies[mode]))
+                open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, 2.0, seed=9)  # warm up
+                measured = open_loop("127.0.0.1", port[0], "/v1/recall/u2i", u2i, args.rate, seconds,
+                                     seed=1 + run, keep_latencies=latencies[mode])
                 measured["load_average_1m"] = round(os.getloadavg()[0], 1)
                 rounds[mode].append(measured)
                 if mode == "realtime" and run == 0:
