@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from _stack import kafka_bootstrap  # noqa: E402
+from _stats import spread  # noqa: E402
 from precise.config import KafkaConfig, PreciseConfig  # noqa: E402
 from precise.data import load_movielens  # noqa: E402
 from precise.events.producer import EventProducer  # noqa: E402
@@ -172,11 +173,6 @@ def ray_session() -> Iterator[None]:
         ray.shutdown()
 
 
-def spread(values: list[float], digits: int = 4) -> dict[str, float]:
-    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
-            "max": round(max(values), digits)}
-
-
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -222,7 +218,7 @@ def main() -> None:
         "ingest_s": round(median["seconds"], 2), "ingest_read_validate_s": round(median["read_s"], 2),
         "ingest_write_commit_s": round(median["write_s"], 2), "ingest_batches": median["batches"],
         "lake_files": median["files"], "replay_events_per_s": round(replayed.events_per_s, 1), **lag,
-        "runs": runs, "ratio_spread": spread(ratios),
+        "runs": runs, "ratio_spread": spread(ratios, 4),
         "ingest_events_per_s_spread": spread([m["ingest"] for m in measured], 1),
         "bare_consumer_events_per_s_spread": spread([m["bare"] for m in measured], 1),
         "ingest_s_spread": spread([m["seconds"] for m in measured], 3),

@@ -14,9 +14,9 @@ deploys serve/app.py and measures on loopback:
 - the baseline: in-process FAISS search of the same index with the same queries, one at a time.
 
 The measured phases run `--runs` times (default 3) on the same deployment; each figure in the
-JSON is the median of the runs, with min/median/max under `runs`, and the load average at start
-and end. `--ingress` picks Serve's HTTP ingress of the Ray head it starts (stack.ray.serve_ingress:
-haproxy, the default, or Serve's Python proxy).
+JSON is the median of the runs, with min/median/max under `spread`, each run's figures under
+`runs`, and the load average at start and end. `--ingress` picks Serve's HTTP ingress of the Ray
+head it starts (stack.ray.serve_ingress: haproxy, the default, or Serve's Python proxy).
 
 Ends with one JSON line.
 """
@@ -51,6 +51,7 @@ sys.path.insert(0, str(_HERE.parent))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from benchmarks._stack import kafka_bootstrap  # noqa: E402
+from benchmarks._stats import spread as spread_of  # noqa: E402
 
 from precise.config import IndexConfig, KafkaConfig  # noqa: E402
 from precise.events.producer import EventProducer  # noqa: E402
@@ -238,10 +239,6 @@ async def closed_loop(host: str, port: int, path: str, make_body: Callable[[rand
             "qps": round(len(latencies) / elapsed, 1), **percentiles(latencies)}
 
 
-def min_median_max(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": round(float(np.median(values)), 3), "max": max(values)}
-
-
 def inprocess(index_ref: Any, queries: np.ndarray, k: int) -> dict[str, Any]:
     import faiss
 
@@ -350,7 +347,7 @@ def main() -> None:
                          "load_average_1m": round(os.getloadavg()[0], 1)})
         serve.shutdown()
 
-    spread = {key: min_median_max([r[key] for r in runs])
+    spread = {key: spread_of([r[key] for r in runs], 3)
               for key in ("u2i_p50_ms", "u2i_p99_ms", "u2i2i_p50_ms", "u2i2i_p99_ms", "max_qps",
                           "inprocess_p50_ms", "inprocess_p99_ms")}
     median = {key: value["median"] for key, value in spread.items()}

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ sys.path.insert(0, str(ROOT / "platform"))
 import torch  # noqa: E402
 
 from _stack import kafka_bootstrap  # noqa: E402
+from _stats import spread as spread_of  # noqa: E402
 from precise.config import PreciseConfig, load_config  # noqa: E402
 from precise.data import load_movielens  # noqa: E402
 from precise.events.replay import replay  # noqa: E402
@@ -176,7 +176,7 @@ def main() -> None:
             head.stop()
             shutil.rmtree(head.temp_dir, ignore_errors=True)
 
-    spread = {key: {"min": min(values), "median": statistics.median(values), "max": max(values), "values": values}
+    spread = {key: {**spread_of(values), "values": values}
               for key in measured[0] for values in [[run[key] for run in measured]]}
     out.update({
         "samples_per_epoch": len(setup.payload.samples),

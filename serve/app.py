@@ -215,8 +215,7 @@ class RecallCore:
     async def _realtime_vector(self, snapshot: ServedSnapshot, user_id: str) -> tuple[np.ndarray | None, int]:
         """(the user's real-time vector, live events it saw) with the snapshot's own model; (None, 0)
         when the user has no live events since the snapshot (the stored vector is current)."""
-        live, newest = self.realtime.live(snapshot, user_id)
-        live = [i for i in live if i in snapshot.item_row]  # the model embeds only what it knows
+        live, newest = self.realtime.known_live(snapshot, user_id)
         if not live:
             return None, 0
         vector = self.realtime.cached(snapshot, user_id, live, newest)

@@ -50,6 +50,11 @@ class RealtimeUsers:
     def live(self, snapshot: ServedSnapshot, user_id: str) -> tuple[list[str], int]:
         return self.recent.since(user_id, snapshot.live_after_ms)
 
+    def known_live(self, snapshot: ServedSnapshot, user_id: str) -> tuple[list[str], int]:
+        """`live`, keeping only the items the snapshot's model knows (it embeds only those)."""
+        live, newest = self.live(snapshot, user_id)
+        return [i for i in live if i in snapshot.item_row], newest
+
     def cached(self, snapshot: ServedSnapshot, user_id: str, live: list[str], newest: int) -> np.ndarray | None:
         with self._lock:
             entry = self._cache.get(user_id)
@@ -155,8 +160,7 @@ class RefreshAhead:
         for user_id in user_ids:
             if snapshot.user_vector(user_id) is None:
                 continue  # a user newer than the snapshot: answered from recent items, not cached
-            live, newest = self.users.live(snapshot, user_id)
-            live = [i for i in live if i in snapshot.item_row]
+            live, newest = self.users.known_live(snapshot, user_id)
             if not live or self.users.peek(snapshot, user_id, live, newest):
                 continue
             keys.append((user_id, live, newest))
