@@ -213,7 +213,8 @@ def run_variant(config: PreciseConfig, variant: str, seed: int, runs: Path, devi
         record = progress.history[-1]
         if not any(k.startswith("val_") for k in record):
             return
-        metrics = evaluate_model(model, test, None, (10,), config.training.eval_batch_users, device).metrics
+        metrics = evaluate_model(recipe.evaluated_model(model), test, None, (10,), config.training.eval_batch_users,
+                                 device).metrics
         spent = sum(r.get("seconds", 0.0) for r in progress.history)
         curve.append({"epoch": record["epoch"], "train_s": round(spent, 1),
                       "test_R@10": metrics["R@10"], "test_N@10": metrics["N@10"]})

@@ -112,3 +112,36 @@ def test_without_validation_cases_the_last_epoch_is_kept_and_patience_waits():
     assert progress.epoch == 3 and progress.best_epoch == -1
     assert all("val_ndcg_at_10" not in r for r in progress.history)
     assert not all(torch.equal(best[k], v) for k, v in p.initial_state.items())  # trained, not the start
+
+
+def test_ema_decay_selects_and_returns_the_average_of_the_weights():
+    """With `ema_decay`, validation scores the running average of the weights, and the selected
+    epoch's average (not the trained weights) is what fit returns."""
+    decay = 0.9
+    p = payload(TrainOptions(epochs=3, batch_size=16, lr=5e-3, seed=1, ema_decay=decay))
+    trained = {}
+
+    def keep(model, _opt, progress, _best):
+        trained[progress.epoch] = ({k: v.clone() for k, v in model.state_dict().items()},
+                                   {k: v.clone() for k, v in recipe.evaluated_model(model).state_dict().items()})
+
+    best, progress = recipe.fit(p, on_epoch=keep)
+    weights, average = trained[progress.best_epoch]
+    assert all(torch.equal(best[k], v) for k, v in average.items())
+    assert val(p, best) == pytest.approx(progress.best_metric, abs=1e-9)
+    name = "items.id_emb.weight"
+    assert not torch.equal(average[name], weights[name])  # an average, not the last step
+    # the average lies between the start and the trained weights: it moved from the start by less
+    start = p.initial_state[name]
+    assert 0 < (average[name] - start).norm() < (weights[name] - start).norm()
+
+
+def test_weight_average_follows_the_model_by_its_decay():
+    model = torch.nn.Linear(2, 1)
+    average = recipe.WeightAverage(model, 0.75)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(4.0)
+    average.update()
+    assert torch.allclose(average.model.weight, before + 1.0)  # 0.75 * old + 0.25 * new
+    assert not average.model.weight.requires_grad

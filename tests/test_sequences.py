@@ -101,6 +101,9 @@ def test_windows_and_eval_sets_are_right_aligned():
     # `all`: windows cover the whole history, each transition in exactly one (they share one item)
     every, _ = sample_windows([list("abcdefg")], lookup, max_len=3, windows="all")
     assert every.tolist() == [[4, 5, 6, 7], [1, 2, 3, 4]]
+    # a stride overlaps them: a window ends every 2 items, the oldest one starts at the first item
+    strided, _ = sample_windows([list("abcdefg")], lookup, max_len=3, windows="all", stride=2)
+    assert strided.tolist() == [[4, 5, 6, 7], [2, 3, 4, 5], [0, 1, 2, 3]]
     # label masks: a window needs a label with an item before it
     _, label = sample_windows([list("abcdefg")], lookup, max_len=3, windows="all",
                               label_masks=[[True, False, False, False, False, True, False]])

@@ -156,10 +156,19 @@ class TrainOptions(Section):
     patience: int | None = Field(None, ge=1)  # stop after this many validations without improvement
     amp: Literal["bf16"] | None = None  # "bf16": autocast matmuls to bfloat16 (CUDA)
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm (clip_grad_norm_); null: no clipping
+    # validate, select and register an exponential moving average of the weights (updated after every
+    # step with this decay) instead of the last step's; null: the weights as trained. A resumed run
+    # restarts the average from the checkpoint's weights
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     seed: int = 42  # seeds the initial weights, the sample order and the negatives of every epoch
     # training samples per user: `last` = one window of its most recent max_len + 1 training items;
     # `all` = windows covering its whole training history (each transition once)
     windows: Literal["last", "all"] = "last"
+    # `windows: all`: a window ends every this many items (null: every max_len items, so each
+    # transition is in one window). Smaller strides overlap the windows: each next item is also
+    # predicted from a longer history (RecBole's SASRec trains every prefix: stride 1), at
+    # max_len / stride times the samples per epoch
+    window_stride: int | None = Field(None, ge=1)
 
 
 class TargetedOptions(TrainOptions):

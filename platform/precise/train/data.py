@@ -62,26 +62,28 @@ def eval_set(users: list[str], histories: list[list[str]], labels: list[str], lo
                    np.asarray([lookup[label] for label in labels], dtype=np.int64))
 
 
-def _window_bounds(n: int, max_len: int, windows: str) -> list[tuple[int, int]]:
-    """[start, end) of the windows of a sequence of `n` items (newest first)."""
+def _window_bounds(n: int, max_len: int, windows: str, stride: int | None = None) -> list[tuple[int, int]]:
+    """[start, end) of the windows of a sequence of `n` items (newest first): a window ends every
+    `stride` items (None: every `max_len`, so consecutive windows share one item)."""
     bounds, end = [], n
     while end >= 2:
         bounds.append((max(0, end - max_len - 1), end))
-        if windows == "last":
-            break
-        end -= max_len
+        if windows == "last" or end <= max_len + 1:
+            break  # the oldest window starts at the first item: an earlier end adds no transition
+        end -= stride or max_len
     return bounds
 
 
 def sample_windows(training_items: list[list[str]], lookup: dict[str, int], max_len: int, windows: str = "last",
-                   label_masks: list[list[bool]] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                   label_masks: list[list[bool]] | None = None, stride: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """([S, max_len + 1] windows, [S, max_len + 1] label mask or None): the training samples.
 
     A window needs a next-item pair (2 items); with label masks, a label position with an item
     before it. The mask is right-aligned with its window (None: every position may be a label)."""
     rows, masks = [], []
     for n, seq in enumerate(training_items):
-        for start, end in _window_bounds(len(seq), max_len, windows):
+        for start, end in _window_bounds(len(seq), max_len, windows, stride):
             if label_masks is not None:
                 mask = label_masks[n][start:end]
                 if not any(mask[1:]):

@@ -20,6 +20,7 @@ platform trains and serves.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -273,7 +274,8 @@ def setup(config: PreciseConfig, kind: str, *, start: Start = "parent", until_ts
     samples, masks = sample_windows([seq for seq, ok in zip(data.items, fresh, strict=True) if ok], lookup,
                                     model_config.max_len, options.windows,
                                     None if data.label_masks is None else
-                                    [m for m, ok in zip(data.label_masks, fresh, strict=True) if ok])
+                                    [m for m, ok in zip(data.label_masks, fresh, strict=True) if ok],
+                                    options.window_stride)
     valid = eval_set(*data.valid, lookup, model_config.max_len)
     spec = next(s for s in config.sequences.specs() if s.name == data.family)
     return Setup(
@@ -410,6 +412,33 @@ def metric_key(name: str) -> str:
     return f"val_{'ndcg' if kind == 'N' else 'recall'}_at_{k}"
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (`training.*.ema_decay`): a copy of the
+    model whose floating-point parameters and buffers follow the trained ones after every step.
+    With few validation users the metric of one epoch's weights jumps from epoch to epoch; the
+    average moves smoothly, so validation selects a weight set that holds on other users too."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self._pairs = [(mine, theirs) for mine, theirs in zip(self.model.state_dict().values(),
+                                                             model.state_dict().values(), strict=True)
+                       if theirs.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        mine, theirs = zip(*self._pairs, strict=True)
+        torch._foreach_lerp_(list(mine), list(theirs), 1.0 - self.decay)
+
+
+def evaluated_model(model: nn.Module) -> nn.Module:
+    """The weights `fit` validates and selects for a model it is training: their running average
+    when `ema_decay` is set, else the model itself."""
+    average = getattr(model, "_precise_average", None)
+    return average.model if average is not None else model
+
+
 def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
         wrap: Callable[[nn.Module], nn.Module] | None = None, agree: Callable[[bool], bool] | None = None,
         resume: Resume | None = None,
@@ -438,19 +467,23 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
     select = metric_key(payload.select_metric)
     cast = amp_dtype(options.amp)
     tokens_trainable = getattr(model.items, "set_tokens_trainable", None)
+    average = WeightAverage(model, options.ema_decay) if options.ema_decay is not None and rank == 0 else None
+    # not a submodule: the average is neither trained, nor wrapped by DDP, nor in the model's state
+    object.__setattr__(model, "_precise_average", average)
+    scored = evaluated_model(model)
 
     def consider(epoch: int, record: dict[str, Any]) -> bool:
         nonlocal best_state
         if select not in record or record[select] <= progress.best_metric:
             return False  # no validation case (then the last epoch is registered), or not better
         progress.best_metric, progress.best_epoch = record[select], epoch
-        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
         return True
 
     if rank == 0 and resume is None and payload.from_parent:
         # The starting point is a trained model: validate it, so fine-tuning that only hurts
         # registers the weights it started from.
-        record = {"epoch": 0, **_val_record(model, payload, device)}
+        record = {"epoch": 0, **_val_record(scored, payload, device)}
         consider(0, record)
         progress.history.append(record)
         _log(log, payload, record, options.epochs, None)
@@ -479,6 +512,8 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             total += train_step(wrapped, batch, optimizer, autocast=cast, grad_clip=options.grad_clip)
+            if average is not None:
+                average.update()
             steps += 1
         seconds = time.perf_counter() - epoch_start
         trained = len(samples) * payload.repeat // world * world  # by all workers together
@@ -486,7 +521,7 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
                                   "samples": trained, "samples_per_s": trained / seconds if seconds > 0 else 0.0}
         stop = False
         if rank == 0 and len(payload.valid) and (epoch % options.eval_every == 0 or epoch == options.epochs):
-            record.update(_val_record(model, payload, device))
+            record.update(_val_record(scored, payload, device))
             since_best = 0 if consider(epoch, record) else since_best + 1
             stop = options.patience is not None and since_best >= options.patience
         progress.epoch = epoch
@@ -501,8 +536,8 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
                 log(f"[{payload.kind}/{payload.label}] early stop: no better {payload.select_metric} in "
                     f"{since_best} validations")
             break
-    if best_state is None:  # no validation case at all: the last weights
-        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if best_state is None:  # no validation case at all: the last weights (or their average)
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
     return best_state, progress
 
 
