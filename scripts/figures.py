@@ -6,8 +6,9 @@ Reads only files under docs/results/ (each written by a benchmark whose command 
 the pictures always show measured numbers:
 - quality_<config>_curves.png   training loss and validation N@10 per epoch (seed 42), per config
 - quality_ml100k_bars.png       test R@10 / N@10 per variant (mean of the seeds, range as error bar)
-- time_to_quality.png           test N@10 of every validated epoch vs training time, ML-100k,
-                                with RecBole's SASRec (N@10 and a tenth of its training time)
+- time_to_quality.png           test N@10 of every validated epoch vs training time, ML-100k
+                                (the RecBole comparison's config), with RecBole's SASRec (N@10 and
+                                a tenth of its training time)
 - figure4a_synthetic.png        the paper's figure 4a on the synthetic stream (computed here)
 - serve_latency.png             U2I latency vs offered load (docs/results/serve_full.json)
 """
@@ -32,7 +33,8 @@ RESULTS = REPO / "docs" / "results"
 FIGURES = REPO / "docs" / "figures"
 # RecBole 1.2.1 SASRec on ML-100k, measured on this machine (issue 12): test metrics, training time.
 RECBOLE = {"R@10": 0.1326, "N@10": 0.0636, "train_min": 57.0}
-QUALITY_CONFIGS = ("quality_ml100k", "quality_ml100k_family")
+QUALITY_CONFIGS = ("quality_ml100k", "quality_ml100k_family")  # the like and family tables
+COMPARISON_CONFIG = "quality_ml100k_recbole"  # the all-scene table, side by side with RecBole
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -140,9 +142,11 @@ def main() -> int:
         written.append(quality_curves(report, name))
     if quality:
         written.append(quality_bars(quality))
-    like = quality.get("quality_ml100k")
-    if like and any(r.get("test_curve") for seeds in like["training"].values() for r in seeds.values()):
-        written.append(time_to_quality(like))  # runs that kept every epoch's test metric
+    comparison = load(COMPARISON_CONFIG)
+    if comparison is not None:
+        written.append(quality_curves(comparison, COMPARISON_CONFIG))
+        if any(r.get("test_curve") for seeds in comparison["training"].values() for r in seeds.values()):
+            written.append(time_to_quality(comparison))  # runs that kept every epoch's test metric
     if (serve := load("serve_full")) is not None:
         written.append(serve_latency(serve))
     for path in written:
