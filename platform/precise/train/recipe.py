@@ -422,14 +422,15 @@ class WeightAverage:
         self.decay = decay
         self.model = copy.deepcopy(model)
         self.model.requires_grad_(False)
-        self._pairs = [(mine, theirs) for mine, theirs in zip(self.model.state_dict().values(),
-                                                             model.state_dict().values(), strict=True)
-                       if theirs.is_floating_point()]
+        pairs = [(mine, theirs) for mine, theirs in zip(self.model.state_dict().values(),
+                                                        model.state_dict().values(), strict=True)
+                 if theirs.is_floating_point()]
+        # built once: update() runs after every optimizer step
+        self._mine, self._theirs = [m for m, _ in pairs], [t for _, t in pairs]
 
     @torch.no_grad()
     def update(self) -> None:
-        mine, theirs = zip(*self._pairs, strict=True)
-        torch._foreach_lerp_(list(mine), list(theirs), 1.0 - self.decay)
+        torch._foreach_lerp_(self._mine, self._theirs, 1.0 - self.decay)
 
 
 def evaluated_model(model: nn.Module) -> nn.Module:
@@ -468,8 +469,9 @@ def fit(payload: Payload, *, rank: int = 0, world: int = 1, device: torch.device
     cast = amp_dtype(options.amp)
     tokens_trainable = getattr(model.items, "set_tokens_trainable", None)
     average = WeightAverage(model, options.ema_decay) if options.ema_decay is not None and rank == 0 else None
-    # not a submodule: the average is neither trained, nor wrapped by DDP, nor in the model's state
-    object.__setattr__(model, "_precise_average", average)
+    # a plain attribute, not a submodule: the average is neither trained, nor wrapped by DDP, nor
+    # in the model's state
+    model._precise_average = average
     scored = evaluated_model(model)
 
     def consider(epoch: int, record: dict[str, Any]) -> bool:
