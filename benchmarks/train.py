@@ -10,19 +10,24 @@ head on free ports, replays the dataset into fresh topics, then, on one storage 
    Train, 1 worker, warm-started from that universal version). The replay before it is the
    producers' side and is not included; nor is cluster start-up. The pipeline
    (`jobs/pipeline.py`) runs the same stages in this order.
-2. then `--runs` times, back to back: the same recipe's `fit` in this process, without Ray
-   (`precise.train.recipe.fit`, the plain loop) on the same lake's samples, model and train
-   config at 1 torch thread (= one Ray Train worker); universal training from scratch with Ray
+2. then `--runs` times, back to back: the same recipe's `fit` without Ray
+   (`precise.train.recipe.fit`, the plain loop, in a helper process the benchmark spawns: no Ray
+   driver, no dataset in it) on the same lake's samples, model and train config at 1 torch thread
+   (= one Ray Train worker); universal training from scratch with Ray
    Train at 1 worker and at 2 workers (DDP over gloo); the plain loop at 2 torch threads.
 
-samples/s = training sequences (one next-item window per user) per second of the *last* epoch's
-training loop (the first epoch is a warm-up); for the Ray job that is the same `recipe.fit` loop
-inside the worker (over the payload Ray's object store holds: no Ray Data in the loop), the
-per-epoch evaluation and checkpoint excluded (as for the plain loop, which does not evaluate
-here). `*_job_s` is the whole `run_training` call (prepare, worker start-up, every epoch with its
+samples/s = training sequences (one next-item window per user) per second of the training loop over
+every epoch after the first (the first is a warm-up: Ray Train starts its helper actors beside it),
+summed samples over summed seconds; the measured runs train `--epochs` epochs (default 10 with
+--quick) so that the figure covers a few seconds, not one epoch of about a second. For the Ray job
+that is the same `recipe.fit` loop inside the worker (over the payload Ray's object store holds: no
+Ray Data in the loop), as rank 0 records it in the registered version's history, the per-epoch
+evaluation and checkpoint excluded (as for the plain loop, which does not evaluate here).
+`*_job_s` is the whole `run_training` call (prepare, worker start-up, every epoch with its
 evaluation and checkpoint, registration). Every worker gets `cpus_per_worker: 0.5` and 1 torch
-thread, so two workers fit the 2-CPU head. Text model: `hashed` by default (no LLM encoding inside
-the cycle; `--text-model minilm` to include it).
+thread, so two workers fit the 2-CPU head. The Kafka broker the benchmark started is stopped after
+the cycle (the measured runs read the lake, not Kafka). Text model: `hashed` by default (no LLM
+encoding inside the cycle; `--text-model minilm` to include it).
 
 `--runs N` (default 3 with --quick, else 1): step 2 N times; each run's ratios divide by the plain
 loop of that run. The JSON keeps one value per figure (the
@@ -34,13 +39,16 @@ average at the start and the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -91,22 +99,28 @@ def plain_setup(config: PreciseConfig) -> Any:
     return recipe.setup(config, "universal", start="scratch")
 
 
-def plain_samples_per_s(setup: Any, threads: int) -> float:
-    """The recipe's `fit` in this process (no Ray), same payload: the last epoch's samples/s."""
+def steady_samples_per_s(history: list[dict[str, Any]]) -> float:
+    """Samples per second of the training loop over the epochs after the first: summed samples over
+    summed seconds (one record per epoch, as `recipe.fit` writes them)."""
+    epochs = [r for r in history if r.get("epoch", 0) >= 2 and "samples_per_s" in r]
+    if not epochs:
+        raise ValueError("samples/s needs at least two epochs")
+    return sum(r["samples"] for r in epochs) / sum(r["seconds"] for r in epochs)
+
+
+def plain_samples_per_s(payload: Any, threads: int) -> float:
+    """The recipe's `fit` without Ray on the same payload: samples/s after the first epoch. Runs in
+    the benchmark's helper process (see `main`), which holds neither Ray nor the dataset."""
     from precise.train import recipe
 
-    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    try:
-        _, progress = recipe.fit(setup.payload, log=None)
-    finally:
-        torch.set_num_threads(previous)
-    return next(r for r in reversed(progress.history) if "samples_per_s" in r)["samples_per_s"]
+    _, progress = recipe.fit(payload, log=None)
+    return steady_samples_per_s(progress.history)
 
 
 def run_figures(plain_1: float, plain_2: float, one: Any, two: Any) -> dict[str, float]:
     """One run's figures; its ratios divide by the plain loop of the same run."""
-    ray_1, ray_2 = one.metrics["samples_per_s"], two.metrics["samples_per_s"]
+    ray_1, ray_2 = (steady_samples_per_s(run.version.metadata["history"]) for run in (one, two))
     return {
         "plain_samples_per_s": round(plain_1, 1),
         "plain_2_threads_samples_per_s": round(plain_2, 1),
@@ -127,16 +141,25 @@ def main() -> None:
     parser.add_argument("--text-model", default="hashed", help="precise.text model for the token table")
     parser.add_argument("--runs", type=int, default=None,
                         help="measure each throughput figure this many times (default: 3 with --quick, else 1)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of each measured run (default: 10 with --quick, else 3); the first is a warm-up")
     args = parser.parse_args()
     runs = args.runs if args.runs is not None else (3 if args.quick else 1)
+    epochs = args.epochs if args.epochs is not None else (10 if args.quick else 3)
     if runs < 1:
         parser.error("--runs must be >= 1")
+    if epochs < 2:
+        parser.error("--epochs must be >= 2 (the first epoch is a warm-up, not measured)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load_before = os.getloadavg()[0]
     dataset = load_movielens("ml-100k" if args.quick else "ml-1m")
     out: dict[str, Any] = {"dataset": dataset.name, "events": len(dataset.events)}
 
-    with kafka_bootstrap() as bootstrap, tempfile.TemporaryDirectory(prefix="precise-bench-train-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="precise-bench-train-"))
+        broker = contextlib.ExitStack()
+        bootstrap = broker.enter_context(kafka_bootstrap())
+        stack.push(broker.__exit__)  # stopped after the cycle; here only if the cycle fails
         gcs = free_port()
         head = RayHead(Path(tmp) / "ray", gcs_port=gcs, dashboard_port=free_port(), client_port=free_port(),
                        agent_port=free_port(), metrics_port=free_port(), num_cpus=2,
@@ -159,15 +182,26 @@ def main() -> None:
             universal = run_training(config, "universal", full=True, num_workers=1)
             targeted = run_training(config, "targeted", num_workers=1)
             cycle_wall_s = time.monotonic() - started
+            broker.close()  # the measured runs read the lake: no broker working beside them
 
+            config = config.model_copy(deep=True)
+            config.training.universal.epochs = epochs
             setup = plain_setup(config)
+            # The plain loop in a process of its own, as lean as a Ray worker: not this one, which
+            # holds a Ray driver and the dataset, and where it measured slower (docs/performance.md).
+            plain_pool = stack.enter_context(
+                ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")))
+
+            def plain(threads: int) -> float:
+                return plain_pool.submit(plain_samples_per_s, setup.payload, threads).result()
+
             measured: list[dict[str, float]] = []
             for n in range(runs):
                 # One run: the plain loop and the Ray jobs back to back, so its ratios share one load.
-                plain_1 = plain_samples_per_s(setup, threads=1)
+                plain_1 = plain(threads=1)
                 one = run_training(config, "universal", full=True, num_workers=1)
                 two = run_training(config, "universal", full=True, num_workers=2)
-                plain_2 = plain_samples_per_s(setup, threads=2)
+                plain_2 = plain(threads=2)
                 measured.append(run_figures(plain_1, plain_2, one, two))
                 print(f"run {n + 1}/{runs}: " + json.dumps(measured[-1]), file=sys.stderr, flush=True)
         finally:
@@ -181,7 +215,8 @@ def main() -> None:
     out.update({
         "samples_per_epoch": len(setup.payload.samples),
         "model": QUICK_MODEL if args.quick else "ModelConfig defaults",
-        "epochs": config.training.universal.epochs,
+        "epochs": epochs,
+        "samples_per_s_over": f"epochs 2-{epochs} of each measured run (epoch 1 is a warm-up)",
         # the medians of the runs (the validation metrics go under val_ndcg_at_10 below)
         **{key: figures["median"] for key, figures in spread.items() if not key.startswith("val_")},
         "runs": {"count": runs, **spread},
