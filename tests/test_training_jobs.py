@@ -92,3 +92,24 @@ def test_registry_embedder_serves_the_trained_model(lake_config):
         embedder.embed_items(["brand-new"], None)
     with pytest.raises(KeyError, match="no item of the sequence"):
         embedder.embed_user_sequence(["nope"])
+
+
+def test_preemption_watcher_runs_only_when_the_config_asks(lake_config):
+    """`training.preemption_watcher` decides whether Ray Train starts its PreemptionWatcher actor
+    for a run (off by default: on one node it only takes CPU from the workers)."""
+    from ray.util.state import list_actors
+
+    from precise.train.ray_job import run_training
+
+    def watchers() -> int:  # every one this cluster started, dead ones included
+        return len(list_actors(filters=[("class_name", "=", "PreemptionWatcher")], limit=10_000))
+
+    before = watchers()
+    config = lake_config.model_copy(deep=True)
+    config.training.universal.epochs = 1
+    assert config.training.preemption_watcher is False
+    run_training(config, "universal", full=True)
+    assert watchers() == before
+    config.training.preemption_watcher = True
+    run_training(config, "universal", full=True)
+    assert watchers() == before + 1

@@ -47,6 +47,8 @@ class TrainingFailed(TrainingError):
     """Training started and failed (the failure budget is spent, or Ray Train returned an error)."""
 
 
+_PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # training.preemption_watcher
+
 # A Ray Train checkpoint (under RunConfig.storage_path): the run in progress, not a registered model.
 _WEIGHTS, _BEST, _OPTIMIZER, _PROGRESS = "weights.safetensors", "best.safetensors", "optimizer.pt", "progress.json"
 
@@ -238,6 +240,8 @@ def run_training(config: PreciseConfig, kind: str, full: bool = False, num_worke
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
+    # Read by Ray Train's controller, which gets it from this process's environment.
+    os.environ[_PREEMPTION_WATCHER_ENV] = "1" if t.preemption_watcher else "0"
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
