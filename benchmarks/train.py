@@ -157,9 +157,8 @@ def main() -> None:
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="precise-bench-train-"))
-        broker = contextlib.ExitStack()
+        broker = stack.enter_context(contextlib.ExitStack())  # closed after the cycle, or here if it fails
         bootstrap = broker.enter_context(kafka_bootstrap())
-        stack.push(broker.__exit__)  # stopped after the cycle; here only if the cycle fails
         gcs = free_port()
         head = RayHead(Path(tmp) / "ray", gcs_port=gcs, dashboard_port=free_port(), client_port=free_port(),
                        agent_port=free_port(), metrics_port=free_port(), num_cpus=2,
